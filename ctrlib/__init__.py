@@ -1,0 +1,15 @@
+"""ctrlib: the small PyTorch library behind "Click-through rate prediction, paper by paper".
+
+The pieces a chapter uses:
+
+- ``ctrlib.data``: feature schema, vocabularies, tensor batches, the simulated CTR world;
+- ``ctrlib.layers``: shared building blocks (embeddings, MLP, FM, cross networks, ...);
+- ``ctrlib.models``: one file per model family, each ``model(batch) -> logits``;
+- ``ctrlib.train``: ``fit`` / ``evaluate`` / ``predict`` with early stopping;
+- ``ctrlib.metrics``: AUC, GAUC, logloss, calibration and the oracle;
+- ``ctrlib.plotting`` and ``ctrlib.book``: the book's figure style and notebook helpers.
+"""
+from ctrlib.train import TrainConfig, evaluate, fit, predict, seed_everything
+
+__version__ = "0.1.0"
+__all__ = ["TrainConfig", "fit", "evaluate", "predict", "seed_everything", "__version__"]

@@ -1,0 +1,77 @@
+"""Metrics: AUC, GAUC, logloss, calibration, and the oracle (Bayes-optimal) row.
+
+AUC and logloss come from scikit-learn. GAUC is computed for all users at once from rank
+statistics (the Mann-Whitney form of AUC), which is exact and equal to looping
+``roc_auc_score`` per user — the tests check that.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import log_loss, roc_auc_score
+
+EPS = 1e-7
+
+
+def auc(y, p) -> float:
+    return float(roc_auc_score(np.asarray(y), np.asarray(p)))
+
+
+def logloss(y, p) -> float:
+    return float(log_loss(np.asarray(y), np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS), labels=[0, 1]))
+
+
+def gauc(y, p, groups) -> float:
+    """Per-group AUC weighted by the group's impressions, over groups with both labels.
+
+    GAUC = sum_u n_u AUC_u / sum_u n_u, the form used by BARS and DIN.
+    """
+    df = pd.DataFrame({"y": np.asarray(y, dtype=np.float64), "p": np.asarray(p), "g": np.asarray(groups)})
+    df["rank"] = df.groupby("g")["p"].rank(method="average")
+    df["pos_rank"] = df["rank"] * df["y"]  # sum of the positives' ranks within their group
+    agg = df.groupby("g").agg(n=("y", "size"), pos=("y", "sum"), pos_rank=("pos_rank", "sum"))
+    agg["neg"] = agg["n"] - agg["pos"]
+    agg = agg[(agg["pos"] > 0) & (agg["neg"] > 0)]
+    if agg.empty:
+        raise ValueError("GAUC needs at least one group with both a positive and a negative label")
+    group_auc = (agg["pos_rank"] - agg["pos"] * (agg["pos"] + 1) / 2) / (agg["pos"] * agg["neg"])
+    return float((group_auc * agg["n"]).sum() / agg["n"].sum())
+
+
+def calibration(y, p) -> float:
+    """Mean prediction over mean label (1 = calibrated on average)."""
+    return float(np.mean(p) / max(np.mean(y), EPS))
+
+
+def calibration_table(y, p, n_bins: int = 10) -> pd.DataFrame:
+    """Observed click rate against mean prediction in quantile bins of the prediction."""
+    observed, predicted = calibration_curve(np.asarray(y), np.asarray(p), n_bins=n_bins, strategy="quantile")
+    return pd.DataFrame({"predicted": predicted, "observed": observed})
+
+
+def compute(y, p, groups=None, metrics=("auc", "logloss")) -> dict[str, float]:
+    """The named metrics of predictions ``p`` for labels ``y`` (``gauc`` needs ``groups``)."""
+    fns = {"auc": lambda: auc(y, p), "logloss": lambda: logloss(y, p),
+           "calibration": lambda: calibration(y, p)}
+    out = {}
+    for m in metrics:
+        if m == "gauc":
+            if groups is None:
+                raise ValueError("gauc needs groups (e.g. the user ids)")
+            out[m] = gauc(y, p, groups)
+        elif m in fns:
+            out[m] = fns[m]()
+        else:
+            raise ValueError(f"unknown metric {m!r}; choose from auc, gauc, logloss, calibration")
+    return out
+
+
+def oracle_metrics(df: pd.DataFrame, label: str = "label", truth: str = "true_p",
+                   group: str | None = None, metrics=("auc", "logloss")) -> dict[str, float]:
+    """Metrics of the true click probabilities: the best any model can do in expectation."""
+    if truth not in df.columns:
+        raise KeyError(f"no {truth!r} column: the oracle exists only for simulated data")
+    if group and "gauc" not in metrics:
+        metrics = (*metrics, "gauc")
+    return compute(df[label].to_numpy(), df[truth].to_numpy(), df[group].to_numpy() if group else None, metrics)
