@@ -1,0 +1,89 @@
+"""Each layer against a naive loop that follows the paper's equation literally."""
+import itertools
+
+import torch
+
+from ctrlib.data import Categorical, Numeric, Schema, Sequence
+from ctrlib.layers import MLP, CrossNet, FeatureEmbedding, LinearTerm, dot_interaction, fm_interaction
+
+torch.manual_seed(0)
+
+
+def test_fm_interaction_equals_pairwise_loop():
+    e = torch.randn(4, 5, 3)
+    naive = torch.zeros(4)
+    for i, j in itertools.combinations(range(5), 2):
+        naive += (e[:, i] * e[:, j]).sum(-1)
+    torch.testing.assert_close(fm_interaction(e), naive)
+
+
+def test_dot_interaction_equals_pairwise_loop():
+    e = torch.randn(3, 4, 2)
+    naive = torch.stack([(e[:, i] * e[:, j]).sum(-1) for i, j in itertools.combinations(range(4), 2)], 1)
+    torch.testing.assert_close(dot_interaction(e), naive)
+
+
+def _naive_cross(net: CrossNet, x0: torch.Tensor) -> torch.Tensor:
+    out = []
+    for row in x0:  # one sample at a time, the equations as written
+        x = row.clone()
+        for w, b in zip(net.weights, net.biases):
+            if net.version == 1:  # x_{l+1} = x0 (x_l^T w_l) + b_l + x_l
+                x = row * (x @ w.weight[0]) + b + x
+            else:  # x_{l+1} = x0 * (W_l x_l + b_l) + x_l
+                W = w.weight if isinstance(w, torch.nn.Linear) else w[1].weight @ w[0].weight
+                x = row * (W @ x + b) + x
+        out.append(x)
+    return torch.stack(out)
+
+
+def test_cross_net_versions_equal_naive_loop():
+    x0 = torch.randn(5, 6)
+    for kwargs in (dict(version=1), dict(version=2), dict(version=2, low_rank=2)):
+        net = CrossNet(6, num_layers=3, **kwargs)
+        for b in net.biases:
+            torch.nn.init.normal_(b)
+        torch.testing.assert_close(net(x0), _naive_cross(net, x0))
+
+
+def test_cross_layer_degree_grows_by_one_per_layer():
+    # With zero bias, an l-layer cross net on a scalar input is a polynomial of degree l + 1.
+    net = CrossNet(1, num_layers=2, version=2)
+    xs = torch.linspace(-2, 2, 9).unsqueeze(1)
+    ys = net(xs).squeeze(1).detach()
+    coeffs = torch.linalg.lstsq(torch.stack([xs.squeeze(1) ** k for k in range(5)], 1), ys.unsqueeze(1)).solution
+    assert abs(coeffs[3].item()) > 1e-4 and abs(coeffs[4].item()) < 1e-4
+
+
+def _schema():
+    return Schema((Categorical("user", 5), Categorical("item", 7), Numeric("price"),
+                   Sequence("hist", 7, 4, embedding="item")))
+
+
+def test_feature_embedding_shares_tables_and_pools_sequences():
+    schema = _schema()
+    emb = FeatureEmbedding(schema, 3, init_std=1.0)
+    assert emb.weight.shape == (5 + 7, 3)  # user rows + item rows; the history reuses item rows
+    batch = {"user": torch.tensor([1, 2]), "item": torch.tensor([3, 0]), "price": torch.tensor([0.5, 2.0]),
+             "hist": torch.tensor([[0, 0, 3, 4], [1, 2, 5, 6]])}
+    out = emb(batch)
+    assert out.shape == (2, 4, 3)
+    item_rows = emb.weight[5:]
+    torch.testing.assert_close(out[0, 1], item_rows[3])
+    torch.testing.assert_close(out[0, 2], 0.5 * emb.numeric_weight[0])
+    torch.testing.assert_close(out[0, 3], (item_rows[3] + item_rows[4]) / 2)  # padding ignored
+    torch.testing.assert_close(out[1, 3], item_rows[[1, 2, 5, 6]].mean(0))
+
+
+def test_linear_term_is_bias_plus_weights():
+    lin = LinearTerm(_schema(), init_std=1.0)
+    batch = {"user": torch.tensor([1]), "item": torch.tensor([2]), "price": torch.tensor([3.0]),
+             "hist": torch.tensor([[0, 0, 0, 2]])}
+    w = lin.weights.weight[:, 0]
+    expected = lin.bias + w[1] + w[5 + 2] + 3.0 * lin.weights.numeric_weight[0, 0] + w[5 + 2]
+    torch.testing.assert_close(lin(batch), expected.reshape(1))
+
+
+def test_mlp_shapes():
+    assert MLP(8, (16, 4), 1, dropout=0.1, batch_norm=True)(torch.randn(3, 8)).shape == (3, 1)
+    assert MLP(8, (16, 4), None)(torch.randn(3, 8)).shape == (3, 4)
