@@ -17,8 +17,8 @@ def is_quick(quick: bool = False) -> bool:
 
 def show_source(obj) -> None:
     """Display the source code of a ctrlib class or function, syntax-highlighted."""
-    from IPython.display import Code, display
-    display(Code(inspect.getsource(obj), language="python"))
+    from IPython.display import Markdown, display
+    display(Markdown(f"```python\n{inspect.getsource(obj)}\n```"))
 
 
 def results_table(results: dict[str, dict[str, float]], oracle: dict[str, float] | None = None,
