@@ -76,6 +76,21 @@ class LinearTerm(nn.Module):
         return self.weights(batch).sum(dim=(1, 2)) + self.bias  # [B]
 
 
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` (inverted: keep with probability 1 - p, scale kept values by 1 / (1 - p)) with a
+    cheaper mask on CPU: one uniform draw per element turned into the scaled 0 / (1 / (1 - p)) mask in
+    place. Same distribution as ``nn.Dropout``; forward + backward take about half of its time,
+    whose ``bernoulli_`` was a third of a DeepFM training step (benchmarks/README.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.p == 1:
+            return x * 0
+        keep = torch.rand(x.shape, device=x.device).ge_(self.p)  # u >= p as 1.0 / 0.0, float32
+        return x * keep.div_(1 - self.p).to(x.dtype)
+
+
 class MLP(nn.Module):
     """Linear -> [BatchNorm] -> activation -> [Dropout] per hidden layer, then an optional output layer."""
 
@@ -89,7 +104,7 @@ class MLP(nn.Module):
                 layers.append(nn.BatchNorm1d(h))
             layers.append(activation())
             if dropout:
-                layers.append(nn.Dropout(dropout))
+                layers.append(FastDropout(dropout))
             in_dim = h
         if out_dim is not None:
             layers.append(nn.Linear(in_dim, out_dim))
@@ -153,3 +168,142 @@ def dot_interaction(e: torch.Tensor) -> torch.Tensor:
     gram = e @ e.transpose(1, 2)  # [B, F, F]
     i, j = torch.triu_indices(n, n, offset=1, device=e.device)
     return gram[:, i, j]
+
+
+# --------------------------------------------------------------------------- user behaviour
+# Attention over a behaviour sequence. Shapes: query [B, D] (the target item), keys [B, L, D]
+# (the history, zero at padding), mask [B, L] (True at real behaviours).
+
+class Dice(nn.Module):
+    """DIN's data-adaptive activation (Zhou et al. 2018, eq. 9):
+
+        f(s) = p(s) * s + (1 - p(s)) * alpha * s,   p(s) = sigmoid((s - E[s]) / sqrt(Var[s] + eps))
+
+    E and Var are the mini-batch mean and (biased) variance per unit in training, their moving
+    averages at inference (a BatchNorm without scale and shift). ``alpha`` is learned per unit
+    (initialised at 0). Any input ``[..., dim]``; statistics are over all leading positions.
+    PReLU is the special case where p(s) is the step function 1[s > 0].
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-8, momentum: float = 0.1):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim, eps=eps, momentum=momentum, affine=False)
+        self.alpha = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.sigmoid(self.bn(x.reshape(-1, x.shape[-1]))).reshape(x.shape)
+        return p * x + (1 - p) * self.alpha * x
+
+
+def make_activation(name: str, dim: int) -> nn.Module:
+    """``"dice"``, ``"prelu"`` (one slope per unit), ``"relu"`` or ``"sigmoid"`` for a layer of width ``dim``."""
+    if name == "dice":
+        return Dice(dim)
+    if name == "prelu":
+        return nn.PReLU(dim, init=0.25)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    raise ValueError(f"activation must be dice, prelu, relu or sigmoid, got {name!r}")
+
+
+class _ChannelLast(nn.Module):
+    """Apply a per-unit activation (PReLU expects channels on dim 1) to ``[..., dim]`` inputs."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.act = act
+
+    def forward(self, x):
+        return self.act(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
+class ActivationMLP(nn.Module):
+    """Linear -> activation (Dice, PReLU, ...) [-> Dropout] per hidden layer, then an optional
+    output layer; works on ``[..., in_dim]`` inputs (e.g. ``[B, L, in_dim]`` in the activation unit)."""
+
+    def __init__(self, in_dim: int, hidden=(200, 80), activation: str = "dice", out_dim: int | None = 1,
+                 dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for h in hidden:
+            layers += [nn.Linear(in_dim, h), _ChannelLast(make_activation(activation, h))]
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            in_dim = h
+        if out_dim is not None:
+            layers.append(nn.Linear(in_dim, out_dim))
+        self.net = nn.Sequential(*layers)
+        self.out_dim = out_dim if out_dim is not None else in_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ActivationUnit(nn.Module):
+    """DIN's local activation unit (Zhou et al. 2018, Fig. 2 and eq. 3): the weight of behaviour j
+    for the target v is  w_j = a(e_j, v) = MLP([e_j, v, e_j - v, e_j * v]),  with NO softmax, so
+    the weights need not sum to one and the pooled vector keeps the intensity of the interest.
+    Returns ``[B, L]``, zero at padding."""
+
+    def __init__(self, dim: int, hidden=(36,), activation: str = "dice"):
+        super().__init__()
+        self.mlp = ActivationMLP(4 * dim, hidden, activation, out_dim=1)
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q = query.unsqueeze(1).expand_as(keys)                          # [B, L, D]
+        x = torch.cat([keys, q, keys - q, keys * q], dim=-1)            # [B, L, 4D]
+        return self.mlp(x).squeeze(-1) * mask                           # [B, L]
+
+
+def attention_pooling(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """sum_j w_j e_j  (DIN eq. 3):  ``weights [B, L], keys [B, L, D] -> [B, D]``."""
+    return torch.einsum("bl,bld->bd", weights, keys)
+
+
+def masked_mean(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the real positions (zero for an empty history): ``[B, L, D] -> [B, D]``."""
+    m = mask.to(keys.dtype)
+    return torch.einsum("bl,bld->bd", m, keys) / m.sum(1, keepdim=True).clamp(min=1)
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis restricted to ``mask``; an all-padding row gets all-zero weights."""
+    w = torch.softmax(scores.masked_fill(~mask, -1e9), dim=-1) * mask
+    return w / w.sum(-1, keepdim=True).clamp(min=1e-12)
+
+
+class TargetAttention(nn.Module):
+    """Softmax target attention: the target item queries the behaviour sequence.
+
+        head_h = softmax_j( (W_q^h v) . (W_k^h e_j) / sqrt(d_h) ) (W_v^h e_j),  out = W_o [head_1; ...; head_H]
+
+    The scaled dot-product attention of the Transformer with one query (the candidate), masked
+    at padding; the block behind BST-style models, the time-aware chapters and TARQ's teacher.
+    ``forward(query [B, Dq], keys [B, L, Dk], mask [B, L], values=None)`` returns
+    ``(out [B, dim], weights [B, H, L])``.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, dim: int | None = None, num_heads: int = 1,
+                 out_proj: bool = True):
+        super().__init__()
+        dim = dim or key_dim
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.dim, self.num_heads = dim, num_heads
+        self.q = nn.Linear(query_dim, dim, bias=False)
+        self.k = nn.Linear(key_dim, dim, bias=False)
+        self.v = nn.Linear(key_dim, dim, bias=False)
+        self.o = nn.Linear(dim, dim) if out_proj else nn.Identity()
+
+    def forward(self, query, keys, mask, values=None):
+        B, L, _ = keys.shape
+        H, dh = self.num_heads, self.dim // self.num_heads
+        q = self.q(query).view(B, H, dh)                                # [B, H, dh]
+        k = self.k(keys).view(B, L, H, dh)                              # [B, L, H, dh]
+        v = self.v(keys if values is None else values).view(B, L, H, dh)
+        scores = torch.einsum("bhd,blhd->bhl", q, k) / dh ** 0.5        # [B, H, L]
+        w = masked_softmax(scores, mask.unsqueeze(1))                   # [B, H, L]
+        out = torch.einsum("bhl,blhd->bhd", w, v).reshape(B, self.dim)  # [B, dim]
+        return self.o(out), w

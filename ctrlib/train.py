@@ -48,6 +48,7 @@ class TrainConfig:
     group: str = "user_id"          # the column GAUC groups by
     seed: int = 0
     progress: bool | None = None    # None: a bar only in an interactive session
+    autocast: str | None = None     # "bf16": bfloat16 autocast of the forward pass on CPU; fp32 weights and loss
 
 
 @dataclass
@@ -95,6 +96,8 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     if cfg.monitor not in ("auc", "gauc", "logloss"):
         raise ValueError(f"monitor must be auc, gauc or logloss, got {cfg.monitor!r}")
+    if cfg.autocast not in (None, "bf16"):
+        raise ValueError(f"autocast must be None or 'bf16', got {cfg.autocast!r}")
     labels = _label_names(model)
     missing = [k for k in labels if k not in train.tensors]
     if missing:
@@ -109,6 +112,7 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     sign = -1.0 if cfg.monitor == "logloss" else 1.0
     best_score, best_epoch, best_state, bad_epochs = -np.inf, 0, None, 0
     rows, train_seconds = [], 0.0
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
 
     from tqdm.auto import tqdm
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not _show_progress(cfg.progress), leave=False)
@@ -116,8 +120,9 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
         model.train()
         start, total, n = time.perf_counter(), 0.0, 0
         for batch in train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
-            logits, aux = _as_logits(model(batch), labels)
-            loss = sum(F.binary_cross_entropy_with_logits(z, batch[k]) for k, z in logits.items())
+            with autocast:
+                logits, aux = _as_logits(model(batch), labels)
+            loss = sum(F.binary_cross_entropy_with_logits(z.float(), batch[k]) for k, z in logits.items())
             if aux is not None:
                 loss = loss + aux
             if cfg.embedding_l2:

@@ -2,6 +2,7 @@
 from ctrlib.data.movielens import (ChecksumMismatchError, CorruptDatasetError, DatasetUnavailableError,
                                    MovieLens100K, load_movielens_100k, movielens_summary)
 from ctrlib.data.schema import Categorical, Numeric, Schema, Sequence
+from ctrlib.data.sequences import build_behaviour_samples, movielens_samples
 from ctrlib.data.simulator import CTRWorld, WorldConfig
 from ctrlib.data.splits import split_by_time
 from ctrlib.data.tensors import TensorData
@@ -9,4 +10,5 @@ from ctrlib.data.vocab import PAD, Vocab, encode_columns
 
 __all__ = ["Categorical", "Numeric", "Sequence", "Schema", "CTRWorld", "WorldConfig", "split_by_time",
            "TensorData", "Vocab", "encode_columns", "PAD", "MovieLens100K", "load_movielens_100k",
-           "movielens_summary", "DatasetUnavailableError", "ChecksumMismatchError", "CorruptDatasetError"]
+           "movielens_summary", "DatasetUnavailableError", "ChecksumMismatchError", "CorruptDatasetError",
+           "build_behaviour_samples", "movielens_samples"]
