@@ -1,0 +1,64 @@
+"""What the three runners share: the command line, the logloss, the JSON line on stdout.
+
+Every runner takes the same flags (the BARS DeepFM config by default) and prints exactly one JSON
+line with the same keys; anything a library prints is sent to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+# The real stdout, kept before a runner redirects sys.stdout to stderr (libraries print freely).
+STDOUT = sys.stdout
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", required=True, help="folder with BARS-layout train.csv, valid.csv, test.csv")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--emb", type=int, default=10)
+    p.add_argument("--mlp", default="400,400,400")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--emb-reg", type=float, default=0.05,
+                   help="lambda of lambda/2*||E||^2 added to the MEAN batch loss (FuxiCTR/BARS convention)")
+    p.add_argument("--net-reg", type=float, default=0.0, help="the same for the DNN weights")
+    p.add_argument("--batch-norm", action="store_true")
+    p.add_argument("--patience", type=int, default=2)
+    return p
+
+
+def feature_columns(data: str) -> list[str]:
+    with open(f"{data}/train.csv") as f:
+        return [c for c in f.readline().strip().split(",") if c != "label"]
+
+
+def logloss(y, p, eps: float = 1e-7) -> float:
+    import numpy as np
+    p = np.clip(p, eps, 1 - eps)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def report(args, lib: str, version: str, n_train: int, epoch_seconds, val_auc, y, p, **extra) -> None:
+    """Print the one JSON line: throughput = median over epochs of n_train / epoch seconds."""
+    import numpy as np
+    import torch
+    from sklearn.metrics import roc_auc_score
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    out = {
+        "lib": lib, "version": version, "torch": torch.__version__,
+        "train_samples_per_s": round(float(np.median([n_train / s for s in epoch_seconds])), 1),
+        "epoch_seconds": [round(float(s), 3) for s in epoch_seconds],
+        "test_auc": round(float(roc_auc_score(y, p)), 6), "test_logloss": round(logloss(y, p), 6),
+        "epochs_run": len(epoch_seconds), "best_epoch": int(np.argmax(val_auc)) + 1,
+        "val_auc": [round(float(v), 6) for v in val_auc], "n_train": int(n_train), "n_test": int(len(y)),
+        "threads": torch.get_num_threads(), "batch": args.batch, "emb": args.emb,
+        "mlp": [int(h) for h in args.mlp.split(",")], "dropout": args.dropout, "batch_norm": args.batch_norm,
+        "emb_reg": args.emb_reg, "net_reg": args.net_reg, "seed": args.seed, **extra,
+    }
+    STDOUT.write(json.dumps(out) + "\n")
+    STDOUT.flush()

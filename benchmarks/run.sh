@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark of benchmarks/README.md, one process at a time (never two at once).
+#   bash benchmarks/run.sh [all|trainer|flops|peers|quality]
+# Environment knobs (defaults are what the README tables used):
+#   BENCH_OUT (_build/bench)  results: *.json / *.jsonl, stderr logs, the exported CSVs
+#   BENCH_ROWS (250000)       simulator rows exported for the peer comparison (80/10/10 by time)
+#   BENCH_REPS (4)            interleaved repetitions of the peer throughput runs
+#   BENCH_THREADS (2)         torch threads for every library
+#   OMP_WAIT_POLICY (PASSIVE) see README "Machine and load": spinning OpenMP threads collapse on a
+#                             shared, oversubscribed machine; every library gets the same setting.
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$ROOT"
+WHAT="${1:-all}"
+PY="$ROOT/.venv/bin/python"
+OUT="${BENCH_OUT:-$ROOT/_build/bench}"
+ROWS="${BENCH_ROWS:-250000}"
+REPS="${BENCH_REPS:-4}"
+THREADS="${BENCH_THREADS:-2}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+mkdir -p "$OUT"
+want() { [ "$WHAT" = all ] || [ "$WHAT" = "$1" ]; }
+log() { echo "[$(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)] $*" >&2; }
+
+if want trainer; then
+  log "trainer vs model step"
+  "$PY" benchmarks/bench_trainer.py --rows 100000 --runs 7 --threads "$THREADS" \
+    --out "$OUT/trainer.json" 2>>"$OUT/stderr.log"
+fi
+
+if want flops; then
+  rm -f "$OUT/flops.jsonl"
+  for precision in fp32 bf16; do
+    log "FLOP rate vs GEMM rate ($precision)"
+    "$PY" benchmarks/bench_flops.py --precision "$precision" --threads "$THREADS" --blocks 5 --steps 5 \
+      --out "$OUT/flops.jsonl" 2>>"$OUT/stderr.log"
+  done
+fi
+
+if want peers || want quality; then
+  PEERS="$ROOT/benchmarks/peers"
+  VPY="$PEERS/.venv-peers/bin/python"
+  bash "$PEERS/setup.sh" >>"$OUT/stderr.log" 2>&1 || { echo "peer venv set-up failed, see $OUT/stderr.log" >&2; exit 1; }
+  DATA="$OUT/data-$ROWS"
+  [ -f "$DATA/test.csv" ] || "$PY" "$PEERS/export_data.py" --rows "$ROWS" --out "$DATA" >/dev/null
+  FX_WORK="$OUT/fuxictr-work-$ROWS"  # FuxiCTR's processed data: built on its first run, then reused
+  ARGS=(--data "$DATA" --batch 4096 --emb 10 --mlp 400,400,400 --lr 1e-3 --dropout 0.2 --emb-reg 0.05
+        --threads "$THREADS" --seed 2024)
+  run() {  # run FILE LABEL PYTHON SCRIPT [extra args]
+    local file="$1" label="$2" py="$3" script="$4"; shift 4
+    log "$label $*"
+    "$py" "$PEERS/$script" "${ARGS[@]}" "$@" 2>>"$OUT/stderr.log" | tail -1 | tee -a "$OUT/$file"
+  }
+  ctrlib()      { run "$1" ctrlib "$PY" run_ctrlib.py "${@:2}"; }
+  ctrlib_bf16() { run "$1" ctrlib-bf16 "$PY" run_ctrlib.py --precision bf16 "${@:2}"; }
+  deepctr()     { run "$1" deepctr-torch "$VPY" run_deepctr.py "${@:2}"; }
+  fuxictr()     { run "$1" fuxictr "$VPY" run_fuxictr.py --loader npz --workdir "$FX_WORK" "${@:2}"; }
+
+  if want peers; then  # 2 epochs per run (the second is the steady state), order reversed every other rep
+    rm -f "$OUT/throughput.jsonl"
+    for rep in $(seq "$REPS"); do
+      order=(ctrlib deepctr fuxictr ctrlib_bf16)
+      [ $((rep % 2)) = 0 ] && order=(ctrlib_bf16 fuxictr deepctr ctrlib)
+      for lib in "${order[@]}"; do "$lib" throughput.jsonl --epochs 2 --patience 9; done
+    done
+  fi
+  if want quality; then  # early stopping on validation AUC (patience 2), up to 100 epochs
+    rm -f "$OUT/quality.jsonl"
+    ctrlib quality.jsonl --epochs 100
+    fuxictr quality.jsonl --epochs 100
+    ctrlib_bf16 quality.jsonl --epochs 100
+    [ -n "${BENCH_DEEPCTR_QUALITY:-}" ] && deepctr quality.jsonl --epochs 100
+  fi
+fi
+
+"$PY" benchmarks/summarize.py "$OUT"

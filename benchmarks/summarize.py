@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Markdown tables from the results ``benchmarks/run.sh`` wrote (``python summarize.py OUT_DIR``)."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from collections import defaultdict
+
+
+def rows(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip().startswith("{")]
+
+
+def name(r):
+    return r["lib"] + ("-bf16" if r.get("precision") == "bf16" else "")
+
+
+def steady(r):
+    """Samples/s of the epochs after the first (all epochs when only one ran)."""
+    secs = r["epoch_seconds"][1:] or r["epoch_seconds"]
+    return statistics.median(r["n_train"] / s for s in secs)
+
+
+def main(out):
+    for r in rows(f"{out}/trainer.json"):
+        print("### Trainer vs model step (DeepFM, BARS config)\n")
+        print("| rows | fit samples/s | step samples/s | ratio of medians | median paired ratio | load (1 min) |")
+        print("|---|---|---|---|---|---|")
+        print(f"| {r['rows']:,} | {r['fit_samples_per_s']:,.0f} | {r['step_samples_per_s']:,.0f} | {r['ratio']:.3f} "
+              f"| {statistics.median(r['paired_ratios']):.3f} | {r['loadavg_1min']:.1f} |\n")
+    flops = rows(f"{out}/flops.jsonl")
+    if flops:
+        print("### Model FLOP rate vs GEMM rate on the model's shapes\n")
+        print("| precision | GFLOP / step | model GFLOP/s | GEMM GFLOP/s | ratio | median paired ratio | load |")
+        print("|---|---|---|---|---|---|---|")
+        for r in flops:
+            print(f"| {r['precision']} | {r['gflop_per_step']} | {r['model_gflops']} | {r['gemm_gflops']} "
+                  f"| {r['ratio']:.3f} | {statistics.median(r['paired_ratios']):.3f} | {r['loadavg_1min']:.1f} |")
+        print()
+    tp = rows(f"{out}/throughput.jsonl")
+    if tp:
+        by = defaultdict(list)
+        for r in tp:
+            by[name(r)].append(r)
+        rate = {k: statistics.median(steady(r) for r in v) for k, v in by.items()}
+        first = {k: statistics.median(r["n_train"] / r["epoch_seconds"][0] for r in v) for k, v in by.items()}
+        peers = [k for k in rate if not k.startswith("ctrlib")]
+        faster = max(peers, key=rate.get) if peers else None
+        print("### Training throughput, same data, interleaved runs (steady state = epoch 2)\n")
+        print("| library | runs | samples/s (epoch 2) | samples/s (epoch 1) | "
+              + " | ".join(f"ratio to {p}" for p in peers) + " |")
+        print("|---|---|---|---|" + "---|" * len(peers))
+        for k in sorted(rate, key=lambda k: (not k.startswith("ctrlib"), k)):
+            ratios = " | ".join(f"{rate[k] / rate[p]:.2f}" for p in peers)
+            print(f"| {k} | {len(by[k])} | {rate[k]:,.0f} | {first[k]:,.0f} | {ratios} |")
+        if faster:
+            print(f"\nfaster peer: {faster}")
+        print()
+    q = rows(f"{out}/quality.jsonl")
+    if q:
+        print("### Quality: early stopping on validation AUC (patience 2)\n")
+        print("| library | test AUC | test logloss | epochs run | best epoch | samples/s (epochs >= 2) |")
+        print("|---|---|---|---|---|---|")
+        for r in q:
+            print(f"| {name(r)} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['epochs_run']} "
+                  f"| {r['best_epoch']} | {steady(r):,.0f} |")
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "_build/bench")
