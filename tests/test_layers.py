@@ -4,7 +4,8 @@ import itertools
 import torch
 
 from ctrlib.data import Categorical, Numeric, Schema, Sequence
-from ctrlib.layers import MLP, CrossNet, FeatureEmbedding, LinearTerm, dot_interaction, fm_interaction
+from ctrlib.layers import (MLP, CrossNet, FastDropout, FeatureEmbedding, LinearTerm, dot_interaction, fm_interaction,
+                           random_keep_mask)
 
 torch.manual_seed(0)
 
@@ -87,3 +88,29 @@ def test_linear_term_is_bias_plus_weights():
 def test_mlp_shapes():
     assert MLP(8, (16, 4), 1, dropout=0.1, batch_norm=True)(torch.randn(3, 8)).shape == (3, 1)
     assert MLP(8, (16, 4), None)(torch.randn(3, 8)).shape == (3, 4)
+
+
+def test_random_keep_mask_keeps_one_minus_p_in_every_lane():
+    # 16-bit lanes cut from 64-bit draws: a biased lane (e.g. a sign bit that is always 0) would
+    # drop a quarter of the elements at the wrong rate
+    torch.manual_seed(1)
+    keep, keep_prob = random_keep_mask((400_000,), 0.2)
+    assert keep.dtype == torch.bool and abs(keep_prob - 0.8) < 1 / 65536
+    per_lane = keep.view(-1, 4).float().mean(0)  # 100k draws each: std of a rate ~0.0013
+    assert ((per_lane - keep_prob).abs() < 0.006).all(), per_lane
+
+
+def test_fast_dropout_is_inverted_dropout():
+    drop = FastDropout(0.3)
+    x = torch.ones(1000, 100, requires_grad=True)
+    torch.manual_seed(2)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / (1 - round(0.3 * 65536) / 65536)))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # d(x * mask)/dx = mask
+    torch.manual_seed(2)
+    torch.testing.assert_close(drop(x), y)  # the seed fixes the mask
+    drop.eval()
+    assert drop(x) is x
