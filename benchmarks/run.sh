@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark of benchmarks/README.md, one process at a time (never two at once).
-#   bash benchmarks/run.sh [all|trainer|flops|peers|quality]
+#   bash benchmarks/run.sh [all|trainer|flops|peers|quality|din]
 # Environment knobs (defaults are what the README tables used):
 #   BENCH_OUT (_build/bench)  results: *.json / *.jsonl, stderr logs, the exported CSVs
 #   BENCH_ROWS (250000)       simulator rows exported for the peer comparison (80/10/10 by time)
 #   BENCH_REPS (4)            interleaved repetitions of the peer throughput runs
 #   BENCH_THREADS (2)         torch threads for every library
+#   BENCH_DIN_ROWS (250000)   rows of the history world exported for the DIN comparison
+#   BENCH_DIN_REPS (3)        interleaved repetitions of the DIN throughput runs
 #   OMP_WAIT_POLICY (PASSIVE) see README "Machine and load": spinning OpenMP threads collapse on a
 #                             shared, oversubscribed machine; every library gets the same setting.
 set -uo pipefail
@@ -37,7 +39,7 @@ if want flops; then
   done
 fi
 
-if want peers || want quality; then
+if want peers || want quality || want din; then
   PEERS="$ROOT/benchmarks/peers"
   VPY="$PEERS/.venv-peers/bin/python"
   bash "$PEERS/setup.sh" >>"$OUT/stderr.log" 2>&1 || { echo "peer venv set-up failed, see $OUT/stderr.log" >&2; exit 1; }
@@ -70,6 +72,23 @@ if want peers || want quality; then
     fuxictr quality.jsonl --epochs 100
     ctrlib_bf16 quality.jsonl --epochs 100
     [ -n "${BENCH_DEEPCTR_QUALITY:-}" ] && deepctr quality.jsonl --epochs 100
+  fi
+  if want din; then  # DIN, history length 50: throughput (2 epochs, interleaved), then early-stopped quality
+    DIN_DATA="$OUT/din-${BENCH_DIN_ROWS:-250000}"
+    [ -f "$DIN_DATA/test.npz" ] || "$PY" "$PEERS/export_data.py" --rows "${BENCH_DIN_ROWS:-250000}" --history 50 \
+      --out "$DIN_DATA" >/dev/null
+    ARGS=(--data "$DIN_DATA" --threads "$THREADS" --seed 2024)  # the DIN defaults of common.din_parser
+    ctrlib_din()  { run "$1" ctrlib-din "$PY" run_ctrlib_din.py "${@:2}"; }
+    deepctr_din() { run "$1" deepctr-torch-din "$VPY" run_deepctr_din.py "${@:2}"; }
+    rm -f "$OUT/din.jsonl"
+    for rep in $(seq "${BENCH_DIN_REPS:-3}"); do
+      order=(ctrlib_din deepctr_din)
+      [ $((rep % 2)) = 0 ] && order=(deepctr_din ctrlib_din)
+      for lib in "${order[@]}"; do "$lib" din.jsonl --epochs 2 --patience 9; done
+    done
+    rm -f "$OUT/din-quality.jsonl"
+    ctrlib_din din-quality.jsonl --epochs 30
+    deepctr_din din-quality.jsonl --epochs 30
   fi
 fi
 

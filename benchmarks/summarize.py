@@ -42,35 +42,44 @@ def main(out):
             print(f"| {r['precision']} | {r['gflop_per_step']} | {r['model_gflops']} | {r['gemm_gflops']} "
                   f"| {r['ratio']:.3f} | {statistics.median(r['paired_ratios']):.3f} | {r['loadavg_1min']:.1f} |")
         print()
-    tp = rows(f"{out}/throughput.jsonl")
-    if tp:
-        by = defaultdict(list)
-        for r in tp:
-            by[name(r)].append(r)
-        rate = {k: statistics.median(steady(r) for r in v) for k, v in by.items()}
-        first = {k: statistics.median(r["n_train"] / r["epoch_seconds"][0] for r in v) for k, v in by.items()}
-        peers = [k for k in rate if not k.startswith("ctrlib")]
-        faster = max(peers, key=rate.get) if peers else None
-        print("### Training throughput, same data, interleaved runs (steady state = epoch 2)\n")
-        print("| library | runs | samples/s (epoch 2) | samples/s (epoch 1) | "
-              + " | ".join(f"ratio to {p}" for p in peers) + " |")
-        print("|---|---|---|---|" + "---|" * len(peers))
-        for k in sorted(rate, key=lambda k: (not k.startswith("ctrlib"), k)):
-            ratios = " | ".join(f"{rate[k] / rate[p]:.2f}" for p in peers)
-            print(f"| {k} | {len(by[k])} | {rate[k]:,.0f} | {first[k]:,.0f} | {ratios} |")
-        if faster:
-            print(f"\nfaster peer: {faster}")
-        print()
-    q = rows(f"{out}/quality.jsonl")
-    if q:
-        print("### Quality: early stopping on validation AUC (patience 2)\n")
-        print("| library | test AUC | test logloss | epochs run | best epoch | samples/s (epochs >= 2) |")
-        print("|---|---|---|---|---|---|")
-        for r in q:
-            print(f"| {name(r)} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['epochs_run']} "
-                  f"| {r['best_epoch']} | {steady(r):,.0f} |")
-        print()
+    throughput_table(rows(f"{out}/throughput.jsonl"),
+                     "Training throughput, same data, interleaved runs (steady state = epoch 2)")
+    throughput_table(rows(f"{out}/din.jsonl"), "DIN (history 50): training throughput, interleaved runs (epoch 2)")
+    quality_table(rows(f"{out}/quality.jsonl"), "Quality: early stopping on validation AUC (patience 2)")
+    quality_table(rows(f"{out}/din-quality.jsonl"), "DIN quality: early stopping on validation AUC (patience 2)")
 
+
+def throughput_table(tp, title):
+    if not tp:
+        return
+    by = defaultdict(list)
+    for r in tp:
+        by[name(r)].append(r)
+    rate = {k: statistics.median(steady(r) for r in v) for k, v in by.items()}
+    first = {k: statistics.median(r["n_train"] / r["epoch_seconds"][0] for r in v) for k, v in by.items()}
+    peers = [k for k in rate if not k.startswith("ctrlib")]
+    print(f"### {title}\n")
+    print("| library | runs | samples/s (epoch 2) | samples/s (epoch 1) | "
+          + " | ".join(f"ratio to {p}" for p in peers) + " |")
+    print("|---|---|---|---|" + "---|" * len(peers))
+    for k in sorted(rate, key=lambda k: (not k.startswith("ctrlib"), k)):
+        ratios = " | ".join(f"{rate[k] / rate[p]:.2f}" for p in peers)
+        print(f"| {k} | {len(by[k])} | {rate[k]:,.0f} | {first[k]:,.0f} | {ratios} |")
+    if peers:
+        print(f"\nfaster peer: {max(peers, key=rate.get)}")
+    print()
+
+
+def quality_table(q, title):
+    if not q:
+        return
+    print(f"### {title}\n")
+    print("| library | test AUC | test logloss | epochs run | best epoch | samples/s (epochs >= 2) |")
+    print("|---|---|---|---|---|---|")
+    for r in q:
+        print(f"| {name(r)} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['epochs_run']} "
+              f"| {r['best_epoch']} | {steady(r):,.0f} |")
+    print()
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "_build/bench")

@@ -32,6 +32,19 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def din_parser(description: str) -> argparse.ArgumentParser:
+    """The DIN runners' flags: the same as DeepFM's with DeepCTR-Torch's DIN defaults
+    (embedding 16, tower 256-128, activation unit 64-16, no dropout, no L2), batch 1024."""
+    p = parser(description)
+    p.add_argument("--att-mlp", default="64,16", help="the activation unit's hidden layers")
+    p.set_defaults(emb=16, mlp="256,128", dropout=0.0, emb_reg=0.0, batch=1024)
+    return p
+
+
+def ints(text: str) -> tuple[int, ...]:
+    return tuple(int(h) for h in text.split(","))
+
+
 def feature_columns(data: str) -> list[str]:
     with open(f"{data}/train.csv") as f:
         return [c for c in f.readline().strip().split(",") if c != "label"]
