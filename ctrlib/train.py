@@ -49,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     progress: bool | None = None    # None: a bar only in an interactive session
     autocast: str | None = None     # "bf16": bfloat16 autocast of the forward pass on CPU; fp32 weights and loss
+    loss_mask: str | None = None    # a bool column: only its True positions count in the loss (sequence models)
 
 
 @dataclass
@@ -92,6 +93,8 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     """Train with Adam, early stopping on the validation metric, and the best epoch's weights restored.
 
     ``fit(model, train, valid, epochs=5)`` is shorthand for ``config=TrainConfig(epochs=5)``.
+    ``valid`` is a TensorData scored by :func:`evaluate`, or a function ``model -> {metric: value}``
+    for models scored another way (the generative rankers score held-out events of a sequence).
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     if cfg.monitor not in ("auc", "gauc", "logloss"):
@@ -99,9 +102,9 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     if cfg.autocast not in (None, "bf16"):
         raise ValueError(f"autocast must be None or 'bf16', got {cfg.autocast!r}")
     labels = _label_names(model)
-    missing = [k for k in labels if k not in train.tensors]
+    missing = [k for k in (*labels, *([cfg.loss_mask] if cfg.loss_mask else [])) if k not in train.tensors]
     if missing:
-        raise KeyError(f"the training data lacks label columns {missing}; it has {list(train.tensors)}")
+        raise KeyError(f"the training data lacks columns {missing} (labels / loss_mask); it has {list(train.tensors)}")
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny embeddings decayed by L2 turn subnormal and slow the CPU
     tables = _embedding_tables(model)
@@ -122,6 +125,10 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
         for batch in train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
             with autocast:
                 logits, aux = _as_logits(model(batch), labels)
+            if cfg.loss_mask:  # e.g. [B, N] logits of which only the training events count
+                m = batch[cfg.loss_mask]
+                logits = {k: z[m] for k, z in logits.items()}
+                batch = {**batch, **{k: batch[k][m] for k in logits}}
             loss = sum(F.binary_cross_entropy_with_logits(z.float(), batch[k]) for k, z in logits.items())
             if aux is not None:
                 loss = loss + aux
@@ -140,7 +147,9 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
                "seconds": seconds}
         if valid is not None:
             wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
-            scores = evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size)
+            scores = valid(model) if callable(valid) else evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size)
+            if cfg.monitor not in scores:
+                raise KeyError(f"validation returned {list(scores)}, not the monitored {cfg.monitor!r}")
             row.update({f"valid_{k}": v for k, v in scores.items()})
             score = sign * scores[cfg.monitor]
             if score > best_score:

@@ -1,7 +1,7 @@
 """Generative ranking over raw (item, action) sequences: MetaGR (HSTU, interleaved) and DFGR (dual flow).
 
-Note: these models return ``[B, N]`` logits (one per event) rather than ``[B]``, so they train
-with :func:`fit_sequences` (a loss at every training event), not :func:`ctrlib.train.fit`.
+Note: these models return ``[B, N]`` logits (one per event) rather than ``[B]``; they train with
+:func:`fit_sequences`: :func:`ctrlib.train.fit` with a loss at every training event.
 
 * **MetaGR** (Zhai et al. 2024, the ranking setting as the DFGR authors describe it): each
   behaviour becomes two tokens, ``[c_1, a_1, c_2, a_2, ...]`` (2N tokens), ``c_i`` = item +
@@ -24,9 +24,6 @@ Batches are dicts of ``[B, N]`` tensors, left-padded (``item_id`` 0 = padding): 
 """
 from __future__ import annotations
 
-import copy
-import time
-
 import numpy as np
 import pandas as pd
 import torch
@@ -38,6 +35,7 @@ from ctrlib.data.schema import Categorical, Schema, Sequence
 from ctrlib.data.tensors import TensorData
 from ctrlib.layers import MLP
 from ctrlib.models.hstu import HSTUBlock, LN_EPS, causal_mask, next_timestamps
+from ctrlib.train import TrainConfig, fit
 
 
 def dfgr_mask(n: int, leak: bool = False, device=None) -> torch.Tensor:
@@ -234,37 +232,16 @@ def eval_batch(batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Te
 def fit_sequences(model: GenerativeRanker, data: TensorData, epochs: int = 5, lr: float = 1e-3,
                   batch_size: int = 64, weight_decay: float = 0.0, patience: int = 2, seed: int = 0,
                   validate: bool = True) -> pd.DataFrame:
-    """Generative training: one pass per user sequence, a BCE loss at every training event
-    (``split == 1``). ``data`` holds ``[U, N]`` tensors (the batch keys of the module docstring) plus
-    ``label`` and ``split``. Early stopping on the validation AUC; the best epoch's weights are
-    restored. Returns one row per epoch (train loss, seconds, valid AUC)."""
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    rows, best, best_state, bad = [], -np.inf, None, 0
-    for epoch in range(1, epochs + 1):
-        model.train()
-        start, total, count = time.perf_counter(), 0.0, 0
-        for batch in data.batches(batch_size, shuffle=True, seed=seed * 1000 + epoch):
-            m = batch["split"] == 1
-            logits = model(batch)
-            loss = F.binary_cross_entropy_with_logits(logits[m], batch["label"][m])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total, count = total + float(loss.detach()) * int(m.sum()), count + int(m.sum())
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), "seconds": time.perf_counter() - start}
-        if validate:
-            row["valid_auc"] = evaluate_sequences(model, data, "valid")["auc"]
-            if row["valid_auc"] > best:
-                best, best_state, bad = row["valid_auc"], copy.deepcopy(model.state_dict()), 0
-            else:
-                bad += 1
-        rows.append(row)
-        if validate and bad >= patience:
-            break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return pd.DataFrame(rows)
+    """Generative training with :func:`ctrlib.train.fit`: one pass per user sequence, a BCE loss at
+    every training event (``split == 1``, the trainer's ``loss_mask``). ``data`` holds ``[U, N]``
+    tensors (the batch keys of the module docstring) plus ``label`` and ``split``. Early stopping on
+    the AUC at the validation events; the best epoch's weights are restored. Returns ``fit``'s
+    history (one row per epoch: train loss, seconds, valid AUC / logloss)."""
+    train = TensorData({**data.tensors, "train_event": data["split"] == 1})
+    valid = (lambda m: evaluate_sequences(m, data, "valid")) if validate else None
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
+                         seed=seed, loss_mask="train_event")
+    return fit(model, train, valid, config).history
 
 
 @torch.no_grad()
