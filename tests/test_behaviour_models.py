@@ -11,6 +11,7 @@ from ctrlib.layers import (ActivationUnit, Dice, TargetAttention, attention_pool
                            masked_softmax)
 from ctrlib.models import DIEN, DIN, TwoTower
 from ctrlib.models.dien import AUGRUCell, auxiliary_loss, run_gru, run_gru_fused
+from helpers import assert_memorises
 
 torch.manual_seed(0)
 
@@ -170,19 +171,12 @@ def test_shapes_and_tiny_batch_overfits(name, seq_data):
     schema, (train, _, _) = seq_data
     seed_everything(0)
     model = MODELS[name](schema)
-    tiny = train.subset(torch.arange(64))
-    batch = next(tiny.batches(64))
-    out = model(batch)
+    out = model(next(train.batches(64)))
     if name == "dien":  # training mode: logits and the auxiliary loss through the dict hook
         assert set(out) == {"label", "aux_loss"} and out["label"].shape == (64,) and out["aux_loss"].ndim == 0
     else:
         assert out.shape == (64,)
-    fit(model, tiny, None, epochs=150, batch_size=64, lr=1e-2)
-    model.eval()
-    logits = model(tiny.tensors)
-    assert logits.shape == (64,), "inference returns plain logits"
-    loss = F.binary_cross_entropy_with_logits(logits, tiny["label"])
-    assert loss < 0.2, f"{name} cannot memorise 64 samples (loss {loss:.3f})"
+    assert_memorises(model, train, name)
 
 
 def test_attention_weights_vanish_at_padding_and_pooling_flags_differ(seq_data):
