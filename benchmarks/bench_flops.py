@@ -12,6 +12,9 @@
    the medians give the model FLOP rate, the GEMM rate and their ratio (target >= 0.8).
 
 ``--precision bf16`` runs the step under CPU bfloat16 autocast and times the GEMM list in bf16.
+``--dropout 0`` measures the step without dropout masks (how much of the gap they are);
+``--compile`` wraps the model in ``torch.compile`` (Inductor: it may fuse the element-wise work
+into fewer passes; compile time is reported, not timed in the rate).
 
     .venv/bin/python benchmarks/bench_flops.py --threads 2 --blocks 5 --steps 10
 """
@@ -86,6 +89,8 @@ def main():
     p.add_argument("--steps", type=int, default=10, help="model steps per timed block")
     p.add_argument("--blocks", type=int, default=5, help="alternating (model, GEMM) blocks")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (forward and backward)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -96,13 +101,15 @@ def main():
     data = TensorData.from_frame(world.sample(args.batch * args.steps, seed=0), schema)
     batches = list(data.batches(args.batch, shuffle=True, seed=1))
     seed_everything(0)
-    model = DeepFM(schema, 10, (400, 400, 400), dropout=0.2)
+    model = DeepFM(schema, 10, (400, 400, 400), dropout=args.dropout)
     tables = [model.embedding.weight, model.linear.weights.weight]
-    step = make_step(model, tables, torch.optim.Adam(model.parameters(), lr=1e-3), 0.05, args.precision)
-
-    step(batches[0])  # warm-up (oneDNN primitives, Adam state)
-    with RecordMatmuls() as rec:
-        step(batches[0])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with RecordMatmuls() as rec:  # eager, before any compilation: the model's own matmuls
+        make_step(model, tables, optimizer, 0.05, args.precision)(batches[0])
+    step = make_step(torch.compile(model) if args.compile else model, tables, optimizer, 0.05, args.precision)
+    t = time.perf_counter()
+    step(batches[0])  # warm-up (oneDNN primitives, Adam state; the compilation with --compile)
+    compile_s = time.perf_counter() - t if args.compile else None
     flops = flops_of(rec.calls)
     gemms = [(func, [operand(*m) for m in mats]) for func, mats in rec.calls]
 
@@ -130,6 +137,7 @@ def main():
                      for func, mats in rec.calls})
     out = {
         "benchmark": "flop_rate", "model": "DeepFM", "precision": args.precision, "batch": args.batch,
+        "dropout": args.dropout, "compiled": args.compile, "compile_seconds": compile_s,
         "threads": torch.get_num_threads(), "matmuls_per_step": len(rec.calls),
         "gflop_per_step": round(flops / 1e9, 3), "model_gflops": round(model_rate / 1e9, 2),
         "gemm_gflops": round(gemm_rate / 1e9, 2), "ratio": round(model_rate / gemm_rate, 4),

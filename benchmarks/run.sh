@@ -5,11 +5,13 @@
 #   BENCH_OUT (_build/bench)  results: *.json / *.jsonl, stderr logs, the exported CSVs
 #   BENCH_ROWS (250000)       simulator rows exported for the peer comparison (80/10/10 by time)
 #   BENCH_REPS (4)            interleaved repetitions of the peer throughput runs
+#   BENCH_QUALITY_SEEDS (2024 2025 2026)  one early-stopped quality run per library and seed
 #   BENCH_THREADS (2)         torch threads for every library
 #   BENCH_DIN_ROWS (250000)   rows of the history world exported for the DIN comparison
 #   BENCH_DIN_REPS (3)        interleaved repetitions of the DIN throughput runs
-#   OMP_WAIT_POLICY (PASSIVE) see README "Machine and load": spinning OpenMP threads collapse on a
-#                             shared, oversubscribed machine; every library gets the same setting.
+#   OMP_WAIT_POLICY (unset)   left as the caller sets it, the same for every library. On an idle
+#                             machine leave it unset (libgomp's spinning default is ~10% faster);
+#                             on a shared, oversubscribed one set PASSIVE (README "Machine and load").
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -19,10 +21,9 @@ OUT="${BENCH_OUT:-$ROOT/_build/bench}"
 ROWS="${BENCH_ROWS:-250000}"
 REPS="${BENCH_REPS:-4}"
 THREADS="${BENCH_THREADS:-2}"
-export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 mkdir -p "$OUT"
 want() { [ "$WHAT" = all ] || [ "$WHAT" = "$1" ]; }
-log() { echo "[$(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg)] $*" >&2; }
+log() { echo "[$(date -u +%H:%M:%S) load $(cut -d' ' -f1 /proc/loadavg) OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-unset}] $*" >&2; }
 
 if want trainer; then
   log "trainer vs model step"
@@ -66,12 +67,14 @@ if want peers || want quality || want din; then
       for lib in "${order[@]}"; do "$lib" throughput.jsonl --epochs 2 --patience 9; done
     done
   fi
-  if want quality; then  # early stopping on validation AUC (patience 2), up to 100 epochs
+  if want quality; then  # early stopping on validation AUC (patience 2), up to 100 epochs, one run per seed
     rm -f "$OUT/quality.jsonl"
-    ctrlib quality.jsonl --epochs 100
-    fuxictr quality.jsonl --epochs 100
-    ctrlib_bf16 quality.jsonl --epochs 100
-    [ -n "${BENCH_DEEPCTR_QUALITY:-}" ] && deepctr quality.jsonl --epochs 100
+    for seed in ${BENCH_QUALITY_SEEDS:-2024 2025 2026}; do
+      ctrlib quality.jsonl --epochs 100 --seed "$seed"
+      fuxictr quality.jsonl --epochs 100 --seed "$seed"
+      ctrlib_bf16 quality.jsonl --epochs 100 --seed "$seed"
+      [ -n "${BENCH_DEEPCTR_QUALITY:-}" ] && deepctr quality.jsonl --epochs 100 --seed "$seed"
+    done
   fi
   if want din; then  # DIN, history length 50: throughput (2 epochs, interleaved), then early-stopped quality
     DIN_DATA="$OUT/din-${BENCH_DIN_ROWS:-250000}"

@@ -74,11 +74,26 @@ def quality_table(q, title):
     if not q:
         return
     print(f"### {title}\n")
-    print("| library | test AUC | test logloss | epochs run | best epoch | samples/s (epochs >= 2) |")
-    print("|---|---|---|---|---|---|")
+    print("| library | seed | test AUC | test logloss | epochs run | best epoch | samples/s (epochs >= 2) |")
+    print("|---|---|---|---|---|---|---|")
     for r in q:
-        print(f"| {name(r)} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['epochs_run']} "
+        print(f"| {name(r)} | {r['seed']} | {r['test_auc']:.4f} | {r['test_logloss']:.4f} | {r['epochs_run']} "
               f"| {r['best_epoch']} | {steady(r):,.0f} |")
+    by = defaultdict(dict)
+    for r in q:
+        by[name(r)][r["seed"]] = r["test_auc"]
+    if any(len(v) > 1 for v in by.values()):
+        print("\n| library | seeds | mean test AUC | sd |")
+        print("|---|---|---|---|")
+        for k, v in by.items():
+            sd = statistics.stdev(v.values()) if len(v) > 1 else float("nan")
+            print(f"| {k} | {len(v)} | {statistics.mean(v.values()):.4f} | {sd:.4f} |")
+    if "ctrlib" in by and "ctrlib-bf16" in by:
+        seeds = sorted(set(by["ctrlib"]) & set(by["ctrlib-bf16"]))
+        diffs = [by["ctrlib-bf16"][s] - by["ctrlib"][s] for s in seeds]
+        if diffs:
+            print(f"\nbf16 - fp32 test AUC per seed {seeds}: {[round(d, 4) for d in diffs]}, "
+                  f"mean {statistics.mean(diffs):+.4f}")
     print()
 
 if __name__ == "__main__":
