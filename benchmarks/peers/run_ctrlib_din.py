@@ -19,6 +19,8 @@ import common  # noqa: E402
 
 def main():
     p = common.din_parser(__doc__.splitlines()[0])
+    p.add_argument("--init-std", type=float, default=0.0,
+                   help="> 0: hidden layers' weights from N(0, std), as DeepCTR-Torch's init_std (ablation)")
     args = p.parse_args()
     sys.stdout = sys.stderr
     import numpy as np
@@ -43,12 +45,17 @@ def main():
     seed_everything(args.seed)
     model = DIN(schema, args.emb, attention="din", attention_hidden=common.ints(args.att_mlp),
                 attention_activation="dice", activation="relu", hidden=common.ints(args.mlp), dropout=args.dropout)
+    if args.init_std:  # DeepCTR-Torch's DNN init: the hidden Linear layers' weights ~ N(0, init_std)
+        for mlp in (model.mlp.net, model.attention.mlp.net):
+            for layer in list(mlp)[:-1]:
+                if isinstance(layer, torch.nn.Linear):
+                    torch.nn.init.normal_(layer.weight, 0.0, args.init_std)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, patience=args.patience, monitor="auc",
                       seed=args.seed, progress=False)
     result = fit(model, train, valid, cfg)
     hist = result.history
     common.report(args, "ctrlib", ctrlib.__version__, len(train), list(hist["seconds"]), list(hist["valid_auc"]),
-                  test["label"].numpy(), predict(model, test), model="din", history_len=L,
+                  test["label"].numpy(), predict(model, test), model="din", history_len=L, init_std=args.init_std,
                   best_epoch_restored=int(result.best_epoch))
 
 
