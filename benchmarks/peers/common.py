@@ -45,6 +45,50 @@ def ints(text: str) -> tuple[int, ...]:
     return tuple(int(h) for h in text.split(","))
 
 
+def block_deepctr_version_check() -> None:
+    """``import deepctr_torch`` starts a thread that calls ``requests.get`` on PyPI with no timeout:
+    make ``requests.get`` fail at once (call before the import)."""
+    import requests
+
+    def offline(*a, **k):
+        raise OSError("no network: DeepCTR-Torch's version check is disabled in benchmarks")
+    requests.get = offline
+
+
+def deepctr_fit(model, x, y, args) -> tuple[list[float], list[float]]:
+    """Train a compiled DeepCTR-Torch model with its own ``fit`` (``verbose=0``) and EarlyStopping
+    on validation AUC; leave the best weights loaded (its EarlyStopping restores them only when it
+    stops early). Returns (training seconds, validation AUC) per epoch. An epoch's time runs from
+    the epoch-begin to the epoch-end callback, minus the validation pass ``fit`` runs inside it."""
+    import time
+    from deepctr_torch.callbacks import Callback, EarlyStopping
+    in_eval, epoch_seconds, val_auc = [0.0], [], []
+    evaluate = model.evaluate
+
+    def timed_evaluate(*a, **k):
+        t = time.perf_counter()
+        try:
+            return evaluate(*a, **k)
+        finally:
+            in_eval[0] += time.perf_counter() - t
+    model.evaluate = timed_evaluate
+
+    class Timer(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            in_eval[0], self.start = 0.0, time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self.start - in_eval[0])
+            val_auc.append(float((logs or {}).get("val_auc", float("nan"))))
+
+    stop = EarlyStopping(monitor="val_auc", mode="max", patience=args.patience, restore_best_weights=True)
+    model.fit(x["train"], y["train"], batch_size=args.batch, epochs=args.epochs, verbose=0,
+              validation_data=(x["valid"], y["valid"]), shuffle=True, callbacks=[Timer(), stop])
+    if stop.best_weights is not None:
+        model.load_state_dict(stop.best_weights)
+    return epoch_seconds, val_auc
+
+
 def feature_columns(data: str) -> list[str]:
     with open(f"{data}/train.csv") as f:
         return [c for c in f.readline().strip().split(",") if c != "label"]

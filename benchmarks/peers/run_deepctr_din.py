@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
@@ -23,16 +22,11 @@ def main():
     args = common.din_parser(__doc__.splitlines()[0]).parse_args()
     sys.stdout = sys.stderr
     import numpy as np
-    import requests
     import torch
     torch.set_num_threads(args.threads)
     np.random.seed(args.seed)
-
-    def offline(*a, **k):
-        raise OSError("no network: DeepCTR-Torch's version check is disabled in benchmarks")
-    requests.get = offline
+    common.block_deepctr_version_check()
     import deepctr_torch
-    from deepctr_torch.callbacks import Callback, EarlyStopping
     from deepctr_torch.inputs import SparseFeat, VarLenSparseFeat
     from deepctr_torch.models import DIN
 
@@ -55,30 +49,7 @@ def main():
                 device="cpu", seed=args.seed)
     model.compile(torch.optim.Adam(model.parameters(), lr=args.lr), "binary_crossentropy", metrics=["auc"])
 
-    in_eval, epoch_seconds, val_auc = [0.0], [], []
-    evaluate = model.evaluate
-
-    def timed_evaluate(*a, **k):
-        t = time.perf_counter()
-        try:
-            return evaluate(*a, **k)
-        finally:
-            in_eval[0] += time.perf_counter() - t
-    model.evaluate = timed_evaluate
-
-    class Timer(Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            in_eval[0], self.start = 0.0, time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            epoch_seconds.append(time.perf_counter() - self.start - in_eval[0])
-            val_auc.append(float((logs or {}).get("val_auc", float("nan"))))
-
-    stop = EarlyStopping(monitor="val_auc", mode="max", patience=args.patience, restore_best_weights=True)
-    model.fit(x["train"], y["train"], batch_size=args.batch, epochs=args.epochs, verbose=0,
-              validation_data=(x["valid"], y["valid"]), shuffle=True, callbacks=[Timer(), stop])
-    if stop.best_weights is not None:
-        model.load_state_dict(stop.best_weights)
+    epoch_seconds, val_auc = common.deepctr_fit(model, x, y, args)  # training time per epoch, validation excluded
     p = model.predict(x["test"], batch_size=args.batch).reshape(-1)
     common.report(args, "deepctr-torch", deepctr_torch.__version__, len(y["train"]), epoch_seconds, val_auc,
                   y["test"], p, model="din", history_len=L)
