@@ -13,6 +13,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -80,6 +81,13 @@ def _embedding_tables(model: nn.Module) -> list[torch.Tensor]:
     return [m.weight for m in model.modules() if isinstance(m, FeatureEmbedding)]
 
 
+def _native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
 def _show_progress(setting: bool | None) -> bool:
     if setting is not None:
         return setting
@@ -101,6 +109,9 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
         raise ValueError(f"monitor must be auc, gauc or logloss, got {cfg.monitor!r}")
     if cfg.autocast not in (None, "bf16"):
         raise ValueError(f"autocast must be None or 'bf16', got {cfg.autocast!r}")
+    if cfg.autocast == "bf16" and not _native_bf16():
+        warnings.warn("this CPU has no native bfloat16 matrix units (AVX-512 BF16 / AMX): autocast='bf16' "
+                      "will be emulated and is likely slower than float32; leave autocast=None", stacklevel=2)
     labels = _label_names(model)
     missing = [k for k in (*labels, *([cfg.loss_mask] if cfg.loss_mask else [])) if k not in train.tensors]
     if missing:

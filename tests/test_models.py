@@ -112,3 +112,11 @@ def test_loss_mask_and_a_validation_function():
     result = fit(model, data, valid, epochs=5, batch_size=16, lr=0.1, loss_mask="train_event")
     assert result.history["train_loss"].notna().all() and model.w.item() > 0.3
     assert len(calls) == 5 and result.best_epoch == 5
+
+
+def test_bf16_autocast_warns_on_a_cpu_without_native_bf16(world_data, monkeypatch):
+    import ctrlib.train
+    schema, (train, _, _) = world_data
+    monkeypatch.setattr(ctrlib.train, "_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="no native bfloat16"):
+        fit(LogisticRegression(schema), train.subset(torch.arange(64)), None, epochs=1, autocast="bf16")
