@@ -112,17 +112,22 @@ class FastDropout(nn.Dropout):
 
 
 class MLP(nn.Module):
-    """Linear -> [BatchNorm] -> activation -> [Dropout] per hidden layer, then an optional output layer."""
+    """Linear -> [BatchNorm] -> activation -> [Dropout] per hidden layer, then an optional output layer.
+
+    ``activation`` is a module class (``nn.ReLU``) or the name of a per-unit activation
+    (``"dice"``, ``"prelu"``, see :func:`make_activation`), which then also works on ``[..., in_dim]``
+    inputs. ``xavier_init``: Xavier-normal weights and zero biases (FuxiCTR's DNN init), else
+    PyTorch's default."""
 
     def __init__(self, in_dim: int, hidden=(400, 400, 400), out_dim: int | None = 1, dropout: float = 0.0,
-                 activation: type[nn.Module] = nn.ReLU, batch_norm: bool = False):
+                 activation: type[nn.Module] | str = nn.ReLU, batch_norm: bool = False, xavier_init: bool = True):
         super().__init__()
         layers: list[nn.Module] = []
         for h in hidden:
             layers.append(nn.Linear(in_dim, h))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
-            layers.append(activation())
+            layers.append(_ChannelLast(make_activation(activation, h)) if isinstance(activation, str) else activation())
             if dropout:
                 layers.append(FastDropout(dropout))
             in_dim = h
@@ -130,10 +135,11 @@ class MLP(nn.Module):
             layers.append(nn.Linear(in_dim, out_dim))
         self.net = nn.Sequential(*layers)
         self.out_dim = out_dim if out_dim is not None else in_dim
-        for m in self.net:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_normal_(m.weight)
-                nn.init.zeros_(m.bias)
+        if xavier_init:
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_normal_(m.weight)
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -239,26 +245,13 @@ class _ChannelLast(nn.Module):
         return self.act(x.reshape(-1, x.shape[-1])).reshape(x.shape)
 
 
-class ActivationMLP(nn.Module):
-    """Linear -> activation (Dice, PReLU, ...) [-> Dropout] per hidden layer, then an optional
-    output layer; works on ``[..., in_dim]`` inputs (e.g. ``[B, L, in_dim]`` in the activation unit)."""
+class ActivationMLP(MLP):
+    """The behaviour models' MLP: a named activation (Dice, PReLU, ...) after each hidden layer,
+    PyTorch's default init; works on ``[..., in_dim]`` inputs (``[B, L, in_dim]`` in the activation unit)."""
 
     def __init__(self, in_dim: int, hidden=(200, 80), activation: str = "dice", out_dim: int | None = 1,
                  dropout: float = 0.0):
-        super().__init__()
-        layers: list[nn.Module] = []
-        for h in hidden:
-            layers += [nn.Linear(in_dim, h), _ChannelLast(make_activation(activation, h))]
-            if dropout:
-                layers.append(FastDropout(dropout))
-            in_dim = h
-        if out_dim is not None:
-            layers.append(nn.Linear(in_dim, out_dim))
-        self.net = nn.Sequential(*layers)
-        self.out_dim = out_dim if out_dim is not None else in_dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        super().__init__(in_dim, hidden, out_dim, dropout, activation=activation, xavier_init=False)
 
 
 class ActivationUnit(nn.Module):
