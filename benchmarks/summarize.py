@@ -33,14 +33,16 @@ def main(out):
         print("|---|---|---|---|---|---|")
         print(f"| {r['rows']:,} | {r['fit_samples_per_s']:,.0f} | {r['step_samples_per_s']:,.0f} | {r['ratio']:.3f} "
               f"| {statistics.median(r['paired_ratios']):.3f} | {r['loadavg_1min']:.1f} |\n")
-    flops = rows(f"{out}/flops.jsonl")
+    flops = rows(f"{out}/flops.jsonl") + rows(f"{out}/flops-variants.jsonl")  # run.sh's, then the variants
     if flops:
         print("### Model FLOP rate vs GEMM rate on the model's shapes\n")
-        print("| precision | GFLOP / step | model GFLOP/s | GEMM GFLOP/s | ratio | median paired ratio | load |")
-        print("|---|---|---|---|---|---|---|")
+        print("| precision | dropout | compiled | GFLOP / step | model GFLOP/s | GEMM GFLOP/s | ratio "
+              "| median paired ratio | load |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in flops:
-            print(f"| {r['precision']} | {r['gflop_per_step']} | {r['model_gflops']} | {r['gemm_gflops']} "
-                  f"| {r['ratio']:.3f} | {statistics.median(r['paired_ratios']):.3f} | {r['loadavg_1min']:.1f} |")
+            print(f"| {r['precision']} | {r.get('dropout', 0.2)} | {'yes' if r.get('compiled') else 'no'} "
+                  f"| {r['gflop_per_step']} | {r['model_gflops']} | {r['gemm_gflops']} | {r['ratio']:.3f} "
+                  f"| {statistics.median(r['paired_ratios']):.3f} | {r['loadavg_1min']:.1f} |")
         print()
     throughput_table(rows(f"{out}/throughput.jsonl"),
                      "Training throughput, same data, interleaved runs (steady state = epoch 2)")
@@ -95,6 +97,7 @@ def quality_table(q, title):
             print(f"\nbf16 - fp32 test AUC per seed {seeds}: {[round(d, 4) for d in diffs]}, "
                   f"mean {statistics.mean(diffs):+.4f}")
     print()
+
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "_build/bench")
