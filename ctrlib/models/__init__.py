@@ -1,5 +1,5 @@
 """One file per model family. Every model takes a schema, reads a dict batch, returns logits ``[B]``."""
-from ctrlib.models.apg import APG, APGLinear, APGMLP
+from ctrlib.models.apg import APG, APGLinear, APGMLP, ConditionInMLP
 from ctrlib.models.dcn import DCN
 from ctrlib.models.deepfm import DeepFM
 from ctrlib.models.dfgr import GenerativeRanker
@@ -13,4 +13,4 @@ from ctrlib.models.tlsi import TLSI
 from ctrlib.models.two_tower import TwoTower
 
 __all__ = ["LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "APGLinear", "APGMLP", "TwoTower", "DIN", "DIEN",
-           "HSTUBlock", "GenerativeRanker", "TLSI"]
+           "HSTUBlock", "GenerativeRanker", "TLSI", "ConditionInMLP"]
