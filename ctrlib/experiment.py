@@ -158,6 +158,22 @@ def arms_table(arms, oracle: dict | None = None, metric: str = "auc", metrics=("
     return table
 
 
+def subset(arm: Arm, rows, name: str | None = None) -> Arm:
+    """The same runs scored on some of the test rows only (``rows``: a boolean mask or indices),
+    e.g. one group of users: each run's metrics are recomputed there, so :func:`compare` of two
+    subsets of paired arms gives the difference within that part of the test set."""
+    idx = np.arange(len(arm.labels))[rows]
+    if len(idx) == 0:
+        raise ValueError(f"subset of {arm.name!r}: no test rows selected")
+    y = arm.labels[idx]
+    groups = arm.groups[idx] if arm.groups is not None else None
+    runs = []
+    for r in arm.runs:
+        wanted = tuple(m for m in r.metrics if m != "gauc" or groups is not None)
+        runs.append(Run(r.seed, M.compute(y, r.predictions[idx], groups, wanted), r.predictions[idx], r.fit, r.label))
+    return Arm(name or arm.name, runs, y, groups)
+
+
 # -- intervals -------------------------------------------------------------------------------
 
 def _bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -336,6 +352,6 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "arms_table", "compare", "compare_samples", "verdict",
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "subset", "arms_table", "compare", "compare_samples", "verdict",
            "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
            "INCONCLUSIVE"]

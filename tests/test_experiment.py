@@ -171,3 +171,21 @@ def test_claims_check_reports_each_protocol_breach():
     assert "not all by early stopping" in claims_check.problems("ch", {"quick": False, "claims": [capped]})[0]
     side = claim("B beats A.", ev | {"seeds": [0]}, "auc", ("A", "B"), headline=False)
     assert claims_check.problems("ch", {"quick": False, "claims": [side]}) == []
+
+
+def test_subset_rescores_each_run_on_the_selected_rows():
+    from ctrlib.experiment import subset
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 400).astype(float)
+    preds = [y * 0.3 + rng.random(400) for _ in range(2)]
+    arm = _arm("a", y, preds, [0, 1])
+    mask = np.arange(400) < 150
+    part = subset(arm, mask, "a, first rows")
+    assert part.name == "a, first rows" and part.seeds == [0, 1] and len(part.labels) == 150
+    for run, p in zip(part.runs, preds):
+        assert run.metrics["auc"] == pytest.approx(roc_auc_score(y[:150], p[:150]))
+    assert subset(arm, np.arange(400)).values("auc") == pytest.approx(arm.values("auc"))
+    e = compare(part, subset(_arm("b", y, [p + y for p in preds], [0, 1]), mask), n_boot=50)
+    assert e["n_test"] == 150 and e["delta"] > 0
+    with pytest.raises(ValueError, match="no test rows"):
+        subset(arm, np.zeros(400, bool))
