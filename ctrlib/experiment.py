@@ -274,6 +274,22 @@ def compare_samples(a, b, statistic: str = "mean_difference", n_boot: int = 2000
             "method": f"percentile bootstrap of the {statistic.replace('_', ' ')} ({n_boot} replicates)"}
 
 
+def difference(a: dict, b: dict, a_label: str = "a", b_label: str = "b") -> dict:
+    """``b["delta"] - a["delta"]`` for two differences measured on *independent* test sets (the same
+    comparison in two worlds, e.g. a mechanism on and off): the errors of independent measurements
+    add, ``se = sqrt(se_a**2 + se_b**2)``, each ``se`` read back from its 95% interval. Returns the
+    evidence of a claim; ``stopped_by`` keeps both sides' runs, prefixed by ``a_label``/``b_label``."""
+    se = [(e["ci"][1] - e["ci"][0]) / (2 * Z95) for e in (a, b)]
+    delta = float(b["delta"] - a["delta"])
+    half = Z95 * math.hypot(*se)
+    stopped = {f"{label}: {name}": runs for label, e in ((a_label, a), (b_label, b))
+               for name, runs in e.get("stopped_by", {}).items()}
+    return {"delta": delta, "ci": [delta - half, delta + half], "seeds": sorted(set(a["seeds"]) & set(b["seeds"])),
+            "n_test": int(a["n_test"] + b["n_test"]), "a": {"name": a_label, "delta": a["delta"], "ci": a["ci"]},
+            "b": {"name": b_label, "delta": b["delta"], "ci": b["ci"]}, "stopped_by": stopped,
+            "method": "difference of two independent differences; standard errors added in quadrature"}
+
+
 # -- claims and verdicts ---------------------------------------------------------------------
 
 def verdict(ci, direction: str = "greater", margin: float = 0.0) -> str:
@@ -352,6 +368,7 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "subset", "arms_table", "compare", "compare_samples", "verdict",
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "arms_table", "compare", "compare_samples", "verdict",
            "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
            "INCONCLUSIVE"]
+__all__ += ["subset", "difference"]  # scoring part of a test set; a difference of independent differences

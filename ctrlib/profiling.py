@@ -137,12 +137,15 @@ def apg_ladder(n: int, m: int, condition_dim: int = 16, rank: int = 8, overparam
 
 
 def measure_layers(widths=(64, 256), batch_sizes=(256, 1024), condition_dim: int = 16, rank: int = 8,
-                   overparam: int = 64, repeats: int = 5, number: int = 1, variants=None, seed: int = 0):
+                   overparam: int = 64, repeats: int = 5, number: int = 1, variants=None, seed: int = 0,
+                   memory_repeats: int = 1):
     """One row per (rung, width, batch size, repeat): parameters, the time of a training step
     (forward + backward) and of inference (eval, no grad) in ms, and the MiB of the parameters and
     of the peak tensor memory of a train step and of inference (:func:`peak_memory_mib`). Widths are
     N = M. The rungs of one setting are timed interleaved (:func:`interleaved_ms`), so their
-    ratios compare like with like; memory is deterministic and measured once per setting."""
+    ratios compare like with like. Memory is probed ``memory_repeats`` times per rung (row ``r`` holds
+    probe ``r % memory_repeats``): once is enough for a table, as the probe is deterministic, and
+    ``memory_repeats=repeats`` gives every row its own probe for an interval."""
     import pandas as pd
 
     rows = []
@@ -171,11 +174,14 @@ def measure_layers(widths=(64, 256), batch_sizes=(256, 1024), condition_dim: int
             for name in names:
                 params = sum(p.numel() for p in layers[name].parameters())
                 param_bytes = sum(p.numel() * p.element_size() for p in layers[name].parameters())
-                memory = {"param_mib": param_bytes / 2 ** 20, "train_peak_mib": peak_memory_mib(train[name]),
-                          "infer_peak_mib": peak_memory_mib(infer[name])}
+                peak_memory_mib(train[name])  # warm-up probe: the first one also counts one-off allocations
+                probes = [(peak_memory_mib(train[name]), peak_memory_mib(infer[name])) for _ in range(memory_repeats)]
                 for r in range(repeats):
+                    train_mib, infer_mib = probes[r % memory_repeats]
                     rows.append({"variant": name, "width": width, "batch": batch, "repeat": r, "params": params,
-                                 "train_ms": train_ms[name][r], "infer_ms": infer_ms[name][r], **memory})
+                                 "train_ms": train_ms[name][r], "infer_ms": infer_ms[name][r],
+                                 "param_mib": param_bytes / 2 ** 20, "train_peak_mib": train_mib,
+                                 "infer_peak_mib": infer_mib})
     return pd.DataFrame(rows)
 
 

@@ -189,3 +189,17 @@ def test_subset_rescores_each_run_on_the_selected_rows():
     assert e["n_test"] == 150 and e["delta"] > 0
     with pytest.raises(ValueError, match="no test rows"):
         subset(arm, np.zeros(400, bool))
+
+
+def test_difference_of_independent_deltas_adds_their_errors():
+    from ctrlib.experiment import Z95, difference
+    a = {"delta": 0.01, "ci": [0.01 - Z95 * 0.003, 0.01 + Z95 * 0.003], "seeds": [0, 1, 2], "n_test": 100,
+         "stopped_by": {"x": ["early stopping"]}}
+    b = {"delta": 0.05, "ci": [0.05 - Z95 * 0.004, 0.05 + Z95 * 0.004], "seeds": [0, 1, 2], "n_test": 200,
+         "stopped_by": {"x": ["epoch cap"]}}
+    e = difference(a, b, "off", "on")
+    assert e["delta"] == pytest.approx(0.04)
+    assert e["ci"] == pytest.approx([0.04 - Z95 * 0.005, 0.04 + Z95 * 0.005])
+    assert e["seeds"] == [0, 1, 2] and e["n_test"] == 300
+    assert e["stopped_by"] == {"off: x": ["early stopping"], "on: x": ["epoch cap"]}
+    assert claim("the gain is larger with the mechanism on", e, "auc", ("off", "on"))["verdict"] == REPRODUCED

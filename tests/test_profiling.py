@@ -49,3 +49,11 @@ def test_measure_layers_rows_and_the_memory_order():
     assert first.loc["basic APG", "train_peak_mib"] > 5 * first.loc["+ sharing (APG)", "train_peak_mib"]
     assert first.loc["basic APG", "train_peak_mib"] >= 64 * 32 * 32 * 4 / 2 ** 20
     assert (df.train_ms > 0).all() and (df.infer_ms > 0).all()
+
+
+def test_memory_probe_is_deterministic_and_can_be_repeated_per_row():
+    df = measure_layers(widths=(16,), batch_sizes=(32,), condition_dim=4, rank=2, overparam=4, repeats=3,
+                        variants=("regular", "+ sharing (APG)"), memory_repeats=3)
+    assert len(df) == 6
+    for _, g in df.groupby("variant"):
+        assert g.train_peak_mib.nunique() == 1 and g.infer_peak_mib.nunique() == 1
