@@ -269,3 +269,15 @@ def test_static_alternative_reads_the_condition_in_its_first_layer(scenario_data
     assert changed.any()
     assert not torch.allclose(model(batch)[changed], model(other)[changed])
     assert model.condition_tables["scenario"].weight.std() > 0.5  # N(0, 1) init, as APG's
+
+
+def test_din_recipe_with_the_base_mlp_equals_the_din_forward():
+    from ctrlib.models.apg import _LOGITS
+    from ctrlib.models.din import DIN
+    world = CTRWorld(n_users=200, n_items=150, history_len=6, scenario_groups=3)
+    schema = world.schema(["user_id", "item_id", "category", "scenario"])
+    data = TensorData.from_frame(world.sample(500, seed=2), schema)
+    seed_everything(0)
+    din = _randomise(DIN(schema, embedding_dim=4, hidden=(12, 6))).eval()
+    batch = next(data.batches(64))
+    torch.testing.assert_close(_LOGITS[DIN](din, batch, din.mlp), din(batch), rtol=0, atol=0)
