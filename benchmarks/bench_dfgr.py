@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """DFGR vs MetaGR (interleaved HSTU): training time per epoch vs sequence length, inference
-latency vs number of candidates, and the analytic attention FLOPs. Same blocks, width, data,
+latency vs number of candidates (both models encode the history once and let the candidates
+attend to it: no dense (history + m)^2 attention), and the analytic attention FLOPs. Same blocks, width, data,
 CPU and thread count for both; the two models' runs alternate (A, B, A, B) so drifting load on a
 shared machine hits both alike; medians of several repeats; ratios from one run.
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ctrlib.data import CTRWorld
+from ctrlib.data.generative import sequence_schema
 from ctrlib.models.dfgr import GenerativeRanker, attention_flops
 
 OUT = Path(__file__).resolve().parent / "results" / "dfgr.json"
@@ -30,8 +32,8 @@ OUT = Path(__file__).resolve().parent / "results" / "dfgr.json"
 
 def make_model(mode, world, n, dim, blocks, seed=0):
     torch.manual_seed(seed)
-    return GenerativeRanker(world.config.n_items + 2, world.config.n_categories + 2, 4, n, dim=dim,
-                            num_blocks=blocks, mode=mode)
+    schema = sequence_schema(world.config.n_items + 2, world.config.n_categories + 2, 4, n)
+    return GenerativeRanker(schema, dim, (64,), num_blocks=blocks, mode=mode)
 
 
 def one_epoch(model, opt, seqs, batch_size):

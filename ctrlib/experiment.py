@@ -136,6 +136,34 @@ def train_and_evaluate(build: Callable[[], nn.Module], train: TensorData, valid,
     return Run(seed, M.compute(y, p, groups, wanted), p, result, label, model if keep_model else None)
 
 
+def run_scored_arm(name: str, build: Callable[[], nn.Module], train: TensorData, valid, score: Callable,
+                   config: TrainConfig, seeds, metrics=("auc", "logloss"), keep_models: bool = False) -> Arm:
+    """:func:`run_arm` for models whose test predictions come another way than ``predict(model, test)``
+    (the generative rankers score the held-out events of whole sequences).
+
+    ``score(model) -> (labels, predictions, groups or None)``, the same test rows in the same order
+    for every seed (and for every arm it is compared with). Each seed: seed everything, build, fit
+    with ``config`` (its ``seed`` replaced), score the best epoch's weights.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"arm {name!r}: seeds is empty; give at least one seed")
+    runs, labels, groups = [], None, None
+    for seed in seeds:
+        seed_everything(seed)
+        model = build()
+        result = fit(model, train, valid, config, seed=seed)
+        y, p, g = score(model)
+        y, p = np.asarray(y), np.asarray(p)
+        if labels is not None and not np.array_equal(labels, y):
+            raise ValueError(f"arm {name!r}: score() returned different test labels for seed {seed}")
+        labels, groups = y, (None if g is None else np.asarray(g))
+        wanted = tuple(m for m in metrics if m != "gauc" or groups is not None)
+        runs.append(Run(seed, M.compute(y, p, groups, wanted), p, result, _first_label(model),
+                        model if keep_models else None))
+    return Arm(name, runs, labels, groups)
+
+
 def run_arm(name: str, build: Callable[[], nn.Module], train: TensorData, valid, test: TensorData,
             config: TrainConfig, seeds, metrics=("auc", "logloss"), group: str | None = None,
             keep_models: bool = False) -> Arm:
@@ -336,6 +364,6 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "arms_table", "compare", "compare_samples", "verdict",
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "run_scored_arm", "arms_table", "compare", "compare_samples", "verdict",
            "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
            "INCONCLUSIVE"]

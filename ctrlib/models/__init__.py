@@ -1,4 +1,8 @@
-"""One file per model family. Every model takes a schema, reads a dict batch, returns logits ``[B]``."""
+"""One file per model family. Every model takes a schema, reads a dict batch, returns logits ``[B]``.
+
+Sequence rankers (:class:`GenerativeRanker`: ``GenerativeRanker(schema, embedding_dim, hidden, ...)``) read
+``[B, N]`` sequences through the schema and return ``[B, N]`` logits, one per event.
+"""
 from ctrlib.models.apg import APG, APGLinear, APGMLP
 from ctrlib.models.dcn import DCN
 from ctrlib.models.deepfm import DeepFM
