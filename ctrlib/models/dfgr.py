@@ -1,7 +1,7 @@
 """Generative ranking over raw (item, action) sequences: MetaGR (HSTU, interleaved) and DFGR (dual flow).
 
 Note: these models return ``[B, N]`` logits (one per event) rather than ``[B]``; they train with
-:func:`ctrlib.train.fit` and a loss mask (``TrainConfig(loss_mask=...)``: the training events).
+``ctrlib.fit`` (the one trainer) and a loss mask (``TrainConfig(loss_mask=...)``: the training events).
 The data side (schema, splits, scoring the held-out events) is :mod:`ctrlib.data.generative`.
 
 * **MetaGR** (Zhai et al. 2024, the ranking setting as the DFGR authors describe it): each
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrlib.data.schema import Schema, Sequence
+from ctrlib.data.schema import Schema
 from ctrlib.layers import MLP
 from ctrlib.models.hstu import HSTUBlock, LN_EPS, causal_mask, next_timestamps
 
@@ -82,18 +82,23 @@ class GenerativeRanker(nn.Module):
     logits [B, N]``: the prediction for every event of the sequence, each from the history before
     it (teacher forcing: the true actions of earlier events). ``attention="softmax"`` uses
     softmax blocks; ``position_bias`` / ``time_bias`` switch the two halves of rab; ``leak=True``
-    (DFGR only) breaks the mask on purpose (ablation).
+    (DFGR only) breaks the mask on purpose (ablation); ``bind_actions=True`` (MetaGR only) adds each
+    event's content embedding to its action token too, so an action token says which item it is
+    about (a diagnostic: binding an action to its item then needs no attention hop).
     """
 
     def __init__(self, schema: Schema, embedding_dim: int = 32, hidden=(64,), num_blocks: int = 2,
                  num_heads: int = 1, mode: str = "dfgr", attention: str = "silu", position_bias: bool = True,
-                 time_bias: bool = True, dropout: float = 0.0, leak: bool = False, item: str = "item_id",
+                 time_bias: bool = True, dropout: float = 0.0, leak: bool = False, bind_actions: bool = False,
+                 item: str = "item_id",
                  action: str = "action", timestamp: str = "timestamp"):
         super().__init__()
         if mode not in ("dfgr", "metagr"):
             raise ValueError(f"mode must be 'dfgr' or 'metagr', got {mode!r}")
         if leak and mode != "dfgr":
             raise ValueError("leak is a DFGR ablation")
+        if bind_actions and mode != "metagr":
+            raise ValueError("bind_actions is a MetaGR diagnostic")
         sequences = {f.name: f for f in schema.sequences}
         for role, name in (("item", item), ("action", action)):
             if name not in sequences:
@@ -108,7 +113,8 @@ class GenerativeRanker(nn.Module):
         attrs = [f for f in schema.sequences if f.name not in (item, action)]
         self.schema, self.item, self.action, self.timestamp = schema, item, action, timestamp
         dim = embedding_dim
-        self.mode, self.leak, self.dim, self.max_events = mode, leak, dim, sequences[item].max_len
+        self.mode, self.leak, self.bind_actions, self.dim = mode, leak, bind_actions, dim
+        self.max_events = sequences[item].max_len
         # action ids: 0 pad, 1..A real actions, the last id (A + 1) the placeholder "action unknown"
         self.placeholder = sequences[action].vocab_size - 1
         self.item_emb = nn.Embedding(sequences[item].vocab_size, dim, padding_idx=0)
@@ -185,7 +191,10 @@ class GenerativeRanker(nn.Module):
     def _interleave(self, c, actions, t, valid):
         """``[c_1, a_1, c_2, a_2, ...]`` tokens ``[B, 2N, D]``, with their timestamps and validity ``[B, 2N]``."""
         B, N, _ = c.shape
-        x = torch.stack([c, self.action_emb(actions)], dim=2).reshape(B, 2 * N, self.dim)
+        a = self.action_emb(actions)
+        if self.bind_actions:  # diagnostic: the action token also says which item it is about
+            a = a + c
+        x = torch.stack([c, a], dim=2).reshape(B, 2 * N, self.dim)
         return x, t.repeat_interleave(2, dim=1), valid.repeat_interleave(2, dim=1)
 
     def _metagr(self, c, actions, t, valid):
