@@ -7,6 +7,7 @@ shared machine hits both alike; medians of several repeats; ratios from one run.
 
     .venv/bin/python benchmarks/bench_dfgr.py                # full: N up to 512
     .venv/bin/python benchmarks/bench_dfgr.py --quick        # a smoke run (seconds)
+    .venv/bin/python benchmarks/bench_dfgr.py --inference-only   # re-measure latency, keep the training rows
 
 Writes benchmarks/results/dfgr.json (--out) and prints markdown tables.
 Acceptance (issue 6): DFGR's training time per epoch <= 0.6 x MetaGR's at the longest N.
@@ -76,6 +77,8 @@ def main():
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--blocks", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT, help=f"results JSON (default {OUT})")
+    ap.add_argument("--inference-only", action="store_true",
+                    help="time only candidate scoring; the training rows are kept from the existing --out JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lengths = [32, 64] if args.quick else [64, 128, 256, 512]
@@ -85,8 +88,8 @@ def main():
     world = CTRWorld(n_users=2000, n_items=2000, action_types=True)
     full = world.action_sequences(users, max(lengths + [history + max(cands)]), seed=0)
 
-    train = []
-    for n in lengths:
+    train = json.loads(args.out.read_text())["train"] if args.inference_only else []
+    for n in ([] if args.inference_only else lengths):
         seqs = {k: torch.as_tensor(full[k][:, :n]) for k in ("item_id", "category", "action", "timestamp", "label")}
         seqs["label"] = seqs["label"].float()
         row = {"N": n, "load_avg_1min": os.getloadavg()[0]}
