@@ -5,8 +5,8 @@ from sklearn.metrics import roc_auc_score
 
 from ctrlib.data import CTRWorld, TensorData, split_by_time
 from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Run, _weighted_auc, claim,
-                               claims_table, compare, compare_samples, describe, recompute_verdict, run_arm, run_scored_arm, say,
-                               verdict)
+                               claims_table, compare, compare_paired_samples, compare_samples, describe,
+                               recompute_verdict, run_arm, run_scored_arm, say, verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
 
@@ -191,3 +191,21 @@ def test_claims_check_reports_each_protocol_breach():
     assert "not all by early stopping" in claims_check.problems("ch", {"quick": False, "claims": [capped]})[0]
     side = claim("B beats A.", ev | {"seeds": [0]}, "auc", ("A", "B"), headline=False)
     assert claims_check.problems("ch", {"quick": False, "claims": [side]}) == []
+
+
+def test_paired_samples_cancel_shared_drift():
+    """Timings that drift together (load) give a tight paired interval where the unpaired one is wide."""
+    rng = np.random.default_rng(0)
+    load = rng.lognormal(0, 0.6, 8)                   # the machine's slowdown, shared by each A/B pair
+    a, b = 2.0 * load * rng.lognormal(0, 0.02, 8), 1.0 * load * rng.lognormal(0, 0.02, 8)
+    e = compare_paired_samples(a, b)
+    assert e["delta"] == pytest.approx(-0.5, abs=0.03) and e["ci"][1] < -0.4, e
+    assert verdict(e["ci"], "less") == REPRODUCED
+    unpaired = compare_samples(a, b, "median_ratio")
+    assert unpaired["ci"][1] - unpaired["ci"][0] > 3 * (e["ci"][1] - e["ci"][0])
+    same = compare_paired_samples(a, a * rng.lognormal(0, 0.02, 8))
+    assert same["ci"][0] < 0 < same["ci"][1]
+    with pytest.raises(ValueError, match="equally long"):
+        compare_paired_samples(a, b[:3])
+    with pytest.raises(ValueError, match="positive"):
+        compare_paired_samples(a, -b)
