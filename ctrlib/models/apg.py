@@ -27,6 +27,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ctrlib.layers import EmbeddingTable
 
 
 def _hypernet_body(in_dim: int, hidden) -> tuple[nn.Sequential, int]:
@@ -304,7 +305,7 @@ class APG(nn.Module):
         features = [base.schema[name] for name in self.condition_features]  # KeyError for an unknown one
         self.condition_tables = None
         if condition_dim is not None and features:
-            self.condition_tables = nn.ModuleDict({f.name: nn.Embedding(f.vocab_size, condition_dim)
+            self.condition_tables = nn.ModuleDict({f.name: EmbeddingTable(f.vocab_size, condition_dim)
                                                    for f in features})
             for table in self.condition_tables.values():
                 nn.init.normal_(table.weight, std=condition_init_std)

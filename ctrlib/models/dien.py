@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrlib.data.schema import Schema
-from ctrlib.layers import ActivationMLP, masked_softmax
-from ctrlib.models.din import BehaviourEmbedding
+from ctrlib.layers import ActivationMLP, BehaviourEmbedding, eval_mode, masked_softmax
 
 
 class AUGRUCell(nn.Module):
@@ -128,11 +127,9 @@ class DIEN(nn.Module):
 
     @torch.no_grad()
     def attention_weights(self, batch) -> torch.Tensor:
-        was = self.training
-        self.eval()
-        a = self.interests(batch)[1]
-        self.train(was)
-        return a
+        """The attention a_t of each extractor state to the candidate, ``[B, L]`` (0 at padding)."""
+        with eval_mode(self):
+            return self.interests(batch)[1]
 
     def forward(self, batch):
         states, _, final, (fields, query, keys, mask) = self.interests(batch)
