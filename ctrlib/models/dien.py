@@ -104,8 +104,8 @@ def auxiliary_loss(states, keys, mask) -> torch.Tensor:
 class DIEN(nn.Module):
     """logit = MLP([fields, h'_T, e_a * h'_T]); ``aux_weight`` = alpha (0 switches the auxiliary loss off)."""
 
-    def __init__(self, schema: Schema, embedding_dim: int = 16, pairs=None, aux_weight: float = 1.0,
-                 activation: str = "dice", hidden=(200, 80), dropout: float = 0.0):
+    def __init__(self, schema: Schema, embedding_dim: int = 16, hidden=(200, 80), pairs=None, aux_weight: float = 1.0,
+                 activation: str = "dice", dropout: float = 0.0):
         super().__init__()
         self.schema, self.aux_weight = schema, aux_weight
         self.embedding = BehaviourEmbedding(schema, embedding_dim, pairs)

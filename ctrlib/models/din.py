@@ -32,9 +32,9 @@ class DIN(nn.Module):
     """logit = MLP([fields, pooled history])  with the pooling chosen by ``attention``.
     ``activation`` is the top MLP's and, unless ``attention_activation`` is given, the activation unit's."""
 
-    def __init__(self, schema: Schema, embedding_dim: int = 16, attention: str = "din", pairs=None,
-                 attention_hidden=(36,), activation: str = "dice", hidden=(200, 80), dropout: float = 0.0,
-                 num_heads: int = 1, attention_activation: str | None = None):
+    def __init__(self, schema: Schema, embedding_dim: int = 16, hidden=(200, 80), attention: str = "din", pairs=None,
+                 attention_hidden=(36,), activation: str = "dice", dropout: float = 0.0, num_heads: int = 1,
+                 attention_activation: str | None = None):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
