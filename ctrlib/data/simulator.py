@@ -49,8 +49,6 @@ from ctrlib.data.world.time_patterns import TimePatterns
 USER_FIELDS = ("user_id", "age", "gender", "city", "device")
 ITEM_FIELDS = ("item_id", "category", "brand", "price")
 CONTEXT_FIELDS = ("hour", "weekday")
-__all__ = ["WorldConfig", "CTRWorld", "SECONDS_PER_DAY", "N_AGE", "N_GENDER", "N_CITY", "N_DEVICE", "N_PRICE",
-           "N_DAYPART", "USER_FIELDS", "ITEM_FIELDS", "CONTEXT_FIELDS"]
 
 
 @dataclass(frozen=True)
