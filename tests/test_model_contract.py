@@ -23,13 +23,13 @@ ITEM_FIELDS = ["item_id", "category", "brand", "price"]
 B, D, HIDDEN = 64, 8, (16,)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _world() -> CTRWorld:
     return CTRWorld(n_users=400, n_items=300, history_len=10, history_match=1.0, scenario_groups=4,
                     time_interests=1.0, action_types=True, seed=0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _data():
     world = _world()
     df = world.sample(B, seed=1)

@@ -206,7 +206,8 @@ class GenerativeRanker(nn.Module):
         hist = torch.stack([c, self.action_emb(actions)], dim=2).reshape(B, 2 * n, self.dim)
         x = torch.cat([hist, self._content(ci, ca)], dim=1)  # [B, 2n + m, D]
         tt = torch.cat([t.repeat_interleave(2, dim=1), ct], dim=1)
-        q_time = torch.cat([next_timestamps(torch.cat([t.repeat_interleave(2, dim=1), ct[:, :1]], 1))[:, :2 * n], ct], 1)
+        q_time = torch.cat([next_timestamps(torch.cat([t.repeat_interleave(2, dim=1), ct[:, :1]], 1))[:, :2 * n], ct],
+                           1)
         ok = torch.cat([valid.repeat_interleave(2, dim=1), torch.ones(B, m, dtype=torch.bool, device=dev)], dim=1)
         T = 2 * n + m
         mask = causal_mask(T, dev)
