@@ -39,8 +39,8 @@ one of three texts written out for the three verdicts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -387,6 +387,6 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "run_scored_arm", "arms_table", "compare", "compare_samples", "compare_paired_samples", "verdict",
-           "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
-           "INCONCLUSIVE"]
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "run_scored_arm", "arms_table", "compare",
+           "compare_samples", "compare_paired_samples", "verdict", "claim", "recompute_verdict", "claims_table",
+           "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE"]

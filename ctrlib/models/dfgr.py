@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrlib.data.schema import Schema
-from ctrlib.layers import MLP
+from ctrlib.layers import MLP, EmbeddingTable
 from ctrlib.models.hstu import HSTUBlock, LN_EPS, causal_mask, next_timestamps
 
 
@@ -117,9 +117,9 @@ class GenerativeRanker(nn.Module):
         self.max_events = sequences[item].max_len
         # action ids: 0 pad, 1..A real actions, the last id (A + 1) the placeholder "action unknown"
         self.placeholder = sequences[action].vocab_size - 1
-        self.item_emb = nn.Embedding(sequences[item].vocab_size, dim, padding_idx=0)
-        self.attr_emb = nn.ModuleDict({f.name: nn.Embedding(f.vocab_size, dim, padding_idx=0) for f in attrs})
-        self.action_emb = nn.Embedding(sequences[action].vocab_size, dim, padding_idx=0)
+        self.item_emb = EmbeddingTable(sequences[item].vocab_size, dim, padding_idx=0)
+        self.attr_emb = nn.ModuleDict({f.name: EmbeddingTable(f.vocab_size, dim, padding_idx=0) for f in attrs})
+        self.action_emb = EmbeddingTable(sequences[action].vocab_size, dim, padding_idx=0)
         for e in (self.item_emb, *self.attr_emb.values(), self.action_emb):
             nn.init.normal_(e.weight, 0, 0.02)
         # + 1: candidates sit one position after the history (padded length n in eq. 2).
@@ -229,7 +229,8 @@ class GenerativeRanker(nn.Module):
         else:
             xc, t_c, valid_c = self._interleave(self._content(history), actions, t, valid)  # [B, 2n, D]
         nc = xc.shape[1]
-        qt_c = next_timestamps(torch.cat([t_c, ct[:, :1]], dim=1))[:, :nc]  # the last history row's "next time": the request
+        # query times: each history row's next token; the last history row's "next time" is the request
+        qt_c = next_timestamps(torch.cat([t_c, ct[:, :1]], dim=1))[:, :nc]
         pos_c, pos_t = torch.arange(nc, device=dev), torch.full((m,), nc, device=dev)
         target_mask = torch.ones(m, nc, dtype=torch.bool, device=dev)
         for block in self.blocks:
