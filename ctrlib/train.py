@@ -177,6 +177,12 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     ``fit(model, train, valid, epochs=5)`` is shorthand for ``config=TrainConfig(epochs=5)``.
     ``valid`` is a TensorData scored by :func:`evaluate`, or a function ``model -> {metric: value}``
     for models scored another way (the generative rankers score held-out events of a sequence).
+
+    Impossible arguments and data (no rows, labels outside [0, 1], a validation set of one class)
+    fail before training; a non-finite loss stops it (``FloatingPointError``, naming the epoch and
+    batch). On that or on Ctrl-C the best epoch's weights are restored before the error propagates.
+    Training draws from torch's global RNG seeded with ``seed`` inside a fork: the caller's RNG
+    state is the same after ``fit`` as before.
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     _check_config(cfg)
