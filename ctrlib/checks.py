@@ -103,7 +103,7 @@ def ids(name: str, values, vocab_size: int) -> np.ndarray:
         if kind not in ("integer", "floating", "mixed-integer-float"):
             raise TypeError(f"id column {name!r} must hold integer ids; it holds {_kinds(arr)} values, "
                             f"e.g. {examples(_non_numbers(arr))}: {fix}")
-        arr = arr.astype(np.float64)
+        arr = arr.astype(np.int64 if kind == "integer" else np.float64)  # int64 keeps ids above 2**53 exact
     if arr.dtype.kind == "b":
         raise TypeError(f"id column {name!r} holds booleans, and id 0 is padding (False would vanish): {fix}, "
                         f"or use astype(int) + 1")
