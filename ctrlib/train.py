@@ -26,7 +26,7 @@ from torch import nn
 from ctrlib import checks as C
 from ctrlib import metrics as M
 from ctrlib.data.tensors import TensorData
-from ctrlib.layers import FeatureEmbedding
+from ctrlib.layers import EmbeddingTable, FeatureEmbedding, eval_mode
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +81,8 @@ def _as_logits(output, labels: tuple[str, ...]) -> tuple[dict[str, torch.Tensor]
 
 
 def _embedding_tables(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, FeatureEmbedding)]
+    """Every embedding table of ``model``: the weights of its FeatureEmbedding and EmbeddingTable layers."""
+    return [m.weight for m in model.modules() if isinstance(m, (FeatureEmbedding, EmbeddingTable))]
 
 
 def _native_bf16() -> bool:
@@ -99,7 +100,7 @@ def _show_progress(setting: bool | None) -> bool:
     return "ipykernel" in sys.modules or sys.stderr.isatty()
 
 
-def _check_config(cfg: "TrainConfig") -> None:
+def _check_config(cfg: TrainConfig) -> None:
     C.integer("epochs", cfg.epochs, 1)
     C.integer("batch_size", cfg.batch_size, 1)
     C.integer("eval_batch_size", cfg.eval_batch_size, 1)
@@ -131,7 +132,7 @@ def _check_data(role: str, data, columns, mask: str | None = None) -> None:
                          f"e.g. (rating >= 4).astype(int)")
 
 
-def _check_valid(valid: TensorData, label: str, cfg: "TrainConfig") -> None:
+def _check_valid(valid: TensorData, label: str, cfg: TrainConfig) -> None:
     """A validation set that can rank: 0/1 labels with both classes (per group for GAUC)."""
     _check_data("validation", valid, (label, *([cfg.group] if cfg.monitor == "gauc" else [])))
     y = valid[label]
@@ -151,7 +152,8 @@ def _check_valid(valid: TensorData, label: str, cfg: "TrainConfig") -> None:
 
 def _check_data_rows(role: str, data) -> None:
     if not isinstance(data, TensorData):
-        raise TypeError(f"{role} needs a TensorData (TensorData.from_frame(df, model.schema)), got {type(data).__name__}")
+        raise TypeError(f"{role} needs a TensorData (TensorData.from_frame(df, model.schema)), "
+                        f"got {type(data).__name__}")
     if len(data) == 0:
         raise ValueError(f"{role}: the data has no rows; check the split or filter that produced it")
 
@@ -206,7 +208,7 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
 
 
 def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels: tuple[str, ...],
-           best: "_BestWeights") -> FitResult:
+           best: _BestWeights) -> FitResult:
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny embeddings decayed by L2 turn subnormal and slow the CPU
     tables = _embedding_tables(model)
@@ -289,14 +291,12 @@ def predict(model: nn.Module, data: TensorData, batch_size: int = 16_384) -> np.
     _check_data_rows("predict", data)
     C.integer("batch_size", batch_size, 1)
     labels = _label_names(model)
-    was_training = model.training
-    model.eval()
     chunks: dict[str, list] = {}
-    for batch in data.batches(batch_size):
-        logits, _ = _as_logits(model(batch), labels)
-        for k, z in logits.items():
-            chunks.setdefault(k, []).append(torch.sigmoid(z.float()).numpy())
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in data.batches(batch_size):
+            logits, _ = _as_logits(model(batch), labels)
+            for k, z in logits.items():
+                chunks.setdefault(k, []).append(torch.sigmoid(z.float()).numpy())
     out = {k: np.concatenate(v) for k, v in chunks.items()}
     for k, p in out.items():
         if not np.isfinite(p).all():

@@ -79,7 +79,8 @@ def test_impossible_feature_sizes(make, match):
 
 
 def test_schema_labels_given_as_a_string():
-    with pytest.raises(TypeError, match=r"Schema labels must be a tuple, got the string 'click'; write labels=\('click',\)"):
+    with pytest.raises(TypeError, match=r"Schema labels must be a tuple, got the string 'click'; "
+                                        r"write labels=\('click',\)"):
         Schema((Categorical("a", 3),), labels="click")
 
 
@@ -179,7 +180,8 @@ def test_fit_refuses_ratings_as_labels_before_training():
     ratings.tensors["label"] = torch.arange(64, dtype=torch.float32) % 5 + 1  # built by hand, not from_frame
     m = model()
     before = copy.deepcopy(m.state_dict())
-    with pytest.raises(ValueError, match=r"the train label 'label' must be 0/1 clicks .*e\.g\. \[2\.0, 3\.0, 4\.0, 5\.0\]"):
+    with pytest.raises(ValueError, match=r"the train label 'label' must be 0/1 clicks "
+                                         r".*e\.g\. \[2\.0, 3\.0, 4\.0, 5\.0\]"):
         fit(m, ratings, None, progress=False)
     assert torch.equal(before["embedding.weight"], m.embedding.weight)
 
@@ -251,7 +253,8 @@ def test_state_dict_of_another_table_layout_is_refused():
 # --- Vocab ----------------------------------------------------------------------------------------
 
 def test_vocab_warns_when_values_mix_types():
-    with pytest.warns(UserWarning, match=r"column 'city' holds values of several types \['bool', 'float', 'int', 'str'\]"):
+    with pytest.warns(UserWarning, match=r"column 'city' holds values of several types "
+                                         r"\['bool', 'float', 'int', 'str'\]"):
         v = Vocab.fit(pd.Series([1, 1.0, True, "1"], name="city", dtype=object))
     assert v.encode([1])[0] == v.encode([True])[0] != v.encode(["1"])[0]  # what the warning says
 

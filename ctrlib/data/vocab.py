@@ -37,7 +37,7 @@ class Vocab:
                              f"{C.examples(pd.Series(self.values)[pd.Index(self.values).duplicated()])} twice")
 
     @classmethod
-    def fit(cls, values, min_count: int = 1) -> "Vocab":
+    def fit(cls, values, min_count: int = 1) -> Vocab:
         """Keep values seen at least ``min_count`` times, most frequent first (ties by value).
 
         Warns when the values mix types: pandas matches 1, 1.0 and True as one value but '1' as
