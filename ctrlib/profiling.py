@@ -159,12 +159,12 @@ def measure_layers(widths=(64, 256), batch_sizes=(256, 1024), condition_dim: int
             for name in names:
                 layer, params = layers[name], list(layers[name].parameters())
 
-                def train_step(layer=layer, params=params):
+                def train_step(layer=layer, params=params, x=x, z=z):
                     for p in params:
                         p.grad = None
                     layer(x, z).square().mean().backward()
 
-                def inference(layer=layer):
+                def inference(layer=layer, x=x, z=z):
                     with torch.no_grad():
                         layer(x, z)
 

@@ -187,11 +187,22 @@ def test_apg_wraps_din_head():
 
 
 def _snapshot(model):
-    return ({k: v.clone() for k, v in model.state_dict().items()}, [(n, type(m)) for n, m in model.named_modules()])
+    state = {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in model.state_dict().items()}
+    return state, [(n, type(m)) for n, m in model.named_modules()]
 
 
-@pytest.mark.parametrize("wrapper", [lambda b: APG(b, ("scenario",), rank=3, overparam=5), lambda b: APG(b, (), rank=3),
-                                     lambda b: ConditionInMLP(b, ("scenario",))], ids=["APG", "APG self-wise", "static"])
+def _assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        if torch.is_tensor(v):
+            torch.testing.assert_close(v, b[k], rtol=0, atol=0)
+        else:
+            assert v == b[k], k
+
+
+@pytest.mark.parametrize("wrapper", [lambda b: APG(b, ("scenario",), rank=3, overparam=5),
+                                     lambda b: APG(b, (), rank=3), lambda b: ConditionInMLP(b, ("scenario",))],
+                         ids=["APG", "APG self-wise", "static"])
 @pytest.mark.parametrize("base", [DeepFM, DCN])
 def test_wrapping_leaves_the_base_model_unchanged(scenario_data, base, wrapper):
     """Composition: wrapping builds a new model around the base's parts; the base model given keeps
@@ -205,17 +216,16 @@ def test_wrapping_leaves_the_base_model_unchanged(scenario_data, base, wrapper):
     out = plain(batch).detach()
     model = wrapper(plain)
     assert _snapshot(plain)[1] == modules
-    for k, v in plain.state_dict().items():
-        torch.testing.assert_close(v, state[k], rtol=0, atol=0)
+    _assert_same_state(plain.state_dict(), state)
     torch.testing.assert_close(plain(batch), out, rtol=0, atol=0)
     model(batch)
-    assert model.mlp is not plain.mlp and all(p is not q for p in model.mlp.parameters() for q in plain.mlp.parameters())
+    assert model.mlp is not plain.mlp
+    assert all(p is not q for p in model.mlp.parameters() for q in plain.mlp.parameters())
     assert not any(m is n for m in model.mlp.modules() for n in plain.mlp.modules())
     # the base MLP is never called by the wrapper: its parameters get no gradient
     fit(model, data, epochs=1, batch_size=512, progress=False)
     assert all(p.grad is None or not p.grad.any() for p in plain.mlp.parameters())
-    for k, v in plain.mlp.state_dict().items():
-        torch.testing.assert_close(v, reference.mlp.state_dict()[k], rtol=0, atol=0)
+    _assert_same_state(plain.mlp.state_dict(), reference.mlp.state_dict())
 
 
 @pytest.mark.parametrize("base", [DeepFM, DCN])

@@ -32,7 +32,7 @@ import copy
 import torch
 from torch import nn
 
-from ctrlib.layers import fm_interaction
+from ctrlib.layers import EmbeddingTable, fm_interaction
 from ctrlib.models.dcn import DCN
 from ctrlib.models.deepfm import DeepFM
 from ctrlib.models.din import DIN
@@ -155,7 +155,7 @@ class APGLinear(nn.Module):
         return self.U, self.V
 
     @torch.no_grad()
-    def merge_(self) -> "APGLinear":
+    def merge_(self) -> APGLinear:
         """Multiply the over-parameterisation factors out into plain U, V (in place): same outputs,
         fewer parameters and no per-batch products at inference."""
         if self.overparameterised:
@@ -257,7 +257,7 @@ class APGMLP(nn.Module):
         return self.head(x) if self.head is not None else x
 
     @classmethod
-    def from_mlp(cls, mlp: nn.Module, condition_dim: int | None = None, **apg) -> "APGMLP":
+    def from_mlp(cls, mlp: nn.Module, condition_dim: int | None = None, **apg) -> APGMLP:
         """An APG-MLP with the shape of an existing MLP (``ctrlib.layers.MLP``, ``ActivationMLP``, or
         any module whose ``net`` is a Sequential of Linear layers and per-layer modules): each hidden
         Linear becomes an APGLinear of the same width, copies of the modules after it (BatchNorm,
@@ -275,7 +275,7 @@ class APGMLP(nn.Module):
             new.head = copy.deepcopy(modules[-1])
         return new
 
-    def merge_(self) -> "APGMLP":
+    def merge_(self) -> APGMLP:
         """Merge every layer's over-parameterisation factors (see :meth:`APGLinear.merge_`)."""
         for layer in self.layers:
             layer.merge_()
@@ -340,7 +340,7 @@ class _Conditioned(nn.Module):
         features = [base.schema[name] for name in self.condition_features]  # KeyError for an unknown one
         self.condition_tables = None
         if condition_dim is not None and features:
-            self.condition_tables = nn.ModuleDict({f.name: nn.Embedding(f.vocab_size, condition_dim)
+            self.condition_tables = nn.ModuleDict({f.name: EmbeddingTable(f.vocab_size, condition_dim)
                                                    for f in features})
             for table in self.condition_tables.values():
                 nn.init.normal_(table.weight, std=condition_init_std)
@@ -386,7 +386,7 @@ class APG(_Conditioned):
         z = self.condition(batch)  # [B, d] or None (self-wise)
         return self._logit(self.base, batch, lambda h: self.mlp(h, z))
 
-    def merge_(self) -> "APG":
+    def merge_(self) -> APG:
         self.mlp.merge_()
         return self
 
