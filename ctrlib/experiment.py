@@ -54,6 +54,7 @@ REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inco
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 DIRECTIONS = ("greater", "less", "equal")
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
+NOT_TRAINED = "not trained here"  # the stop reason of a run that was not trained (see fixed_arm)
 
 
 # -- training arms over seeds ----------------------------------------------------------------
@@ -70,7 +71,7 @@ class Run:
 
     @property
     def stop_reason(self) -> str:
-        return self.fit.stop_reason if self.fit is not None else "not trained here"
+        return self.fit.stop_reason if self.fit is not None else NOT_TRAINED
 
 
 @dataclass
@@ -156,6 +157,40 @@ def arms_table(arms, oracle: dict | None = None, metric: str = "auc", metrics=("
         table[f"{metric} gap to oracle"] = table[metric].astype(float) - oracle[metric]
     table.index.name = "model"
     return table
+
+
+
+def fixed_arm(name: str, predictions, labels, seeds, metrics=("auc", "logloss"), groups=None) -> Arm:
+    """An arm that is not trained (the oracle's true probabilities, a hand-made rule), scored on the
+    same test set as trained arms so that :func:`compare` can pair them: the same ``predictions``
+    stand in for every seed, so only the trained arm's seed spread enters the interval. Its runs
+    report the stop reason ``NOT_TRAINED``."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"arm {name!r}: seeds is empty; give the seeds of the arms it is compared with")
+    p = np.asarray(predictions, dtype=np.float64)
+    y = np.asarray(labels)
+    g = None if groups is None else np.asarray(groups)
+    if p.shape != y.shape or (g is not None and g.shape != y.shape):
+        raise ValueError(f"arm {name!r}: predictions {p.shape}, labels {y.shape} and groups must have one shape")
+    wanted = tuple(m for m in metrics if m != "gauc" or g is not None)
+    scores = M.compute(y, p, g, wanted)
+    return Arm(name, [Run(s, dict(scores), p, None) for s in seeds], y, g)
+
+
+def restrict(arm: Arm, mask, name: str | None = None) -> Arm:
+    """The same arm scored on a subset of its test rows (a slice): every run's predictions and
+    metrics (the ones it recorded) are cut to the rows where ``mask`` is True."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != arm.labels.shape:
+        raise ValueError(f"restrict({arm.name!r}): mask has shape {mask.shape}, the test set {arm.labels.shape}")
+    if not mask.any():
+        raise ValueError(f"restrict({arm.name!r}): the mask selects no test row")
+    y = arm.labels[mask]
+    g = None if arm.groups is None else arm.groups[mask]
+    runs = [Run(r.seed, M.compute(y, r.predictions[mask], g, tuple(r.metrics)), r.predictions[mask], r.fit, r.label)
+            for r in arm.runs]
+    return Arm(name or arm.name, runs, y, g)
 
 
 # -- intervals -------------------------------------------------------------------------------
@@ -336,6 +371,6 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "arms_table", "compare", "compare_samples", "verdict",
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "fixed_arm", "restrict", "arms_table", "compare", "compare_samples", "verdict",
            "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
-           "INCONCLUSIVE"]
+           "INCONCLUSIVE", "NOT_TRAINED"]

@@ -4,9 +4,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ctrlib.data import CTRWorld, TensorData, split_by_time
-from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Run, _weighted_auc, claim,
-                               claims_table, compare, compare_samples, describe, recompute_verdict, run_arm, say,
-                               verdict)
+from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, NOT_TRAINED, REPRODUCED, Arm, Run, _weighted_auc,
+                               claim, claims_table, compare, compare_samples, describe, fixed_arm, recompute_verdict,
+                               restrict, run_arm, say, verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
 
@@ -169,5 +169,40 @@ def test_claims_check_reports_each_protocol_breach():
     assert claims_check.problems("ch", {"quick": True, "claims": [one_seed]}) == []   # QUICK may use 1 seed
     capped = claim("B beats A.", ev | {"stopped_by": {"A": ["epoch cap"], "B": ["early stopping"]}}, "auc", ("A", "B"))
     assert "not all by early stopping" in claims_check.problems("ch", {"quick": False, "claims": [capped]})[0]
+    oracle = claim("A beats B.", ev | {"stopped_by": {"A": [NOT_TRAINED] * 3, "B": ["early stopping"] * 3}}, "auc",
+                   ("B", "A"))
+    assert claims_check.problems("ch", {"quick": False, "claims": [oracle]}) == []   # the oracle is not trained
     side = claim("B beats A.", ev | {"seeds": [0]}, "auc", ("A", "B"), headline=False)
     assert claims_check.problems("ch", {"quick": False, "claims": [side]}) == []
+
+
+def test_fixed_arm_pairs_an_untrained_predictor_with_trained_arms():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 600).astype(float)
+    truth = y + rng.normal(scale=1.0, size=600)
+    trained = _arm("model", y, [truth + rng.normal(scale=s, size=600) for s in (1.0, 1.2, 1.4)], [0, 1, 2])
+    oracle = fixed_arm("oracle", truth, y, trained.seeds, metrics=("auc",))
+    assert oracle.values("auc").tolist() == [roc_auc_score(y, truth)] * 3
+    assert oracle.stop_reasons() == [NOT_TRAINED] * 3
+    e = compare(oracle, trained, n_boot=200)
+    assert e["delta"] < 0 and e["ci"][1] < 0           # the noisier model is below the truth
+    with pytest.raises(ValueError, match="one shape"):
+        fixed_arm("oracle", truth[:-1], y, [0])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        fixed_arm("oracle", truth, y, [])
+
+
+def test_restrict_scores_a_slice_of_the_test_rows():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400).astype(float)
+    p = [y + rng.normal(scale=s, size=400) for s in (0.5, 2.0)]
+    arm = _arm("a", y, p, [0, 1])
+    mask = np.arange(400) % 3 == 0
+    part = restrict(arm, mask, "a on the slice")
+    assert part.name == "a on the slice" and len(part.labels) == mask.sum()
+    assert part.values("auc").tolist() == [roc_auc_score(y[mask], q[mask]) for q in p]
+    assert compare(part, part, n_boot=20)["n_test"] == mask.sum()
+    with pytest.raises(ValueError, match="shape"):
+        restrict(arm, mask[:-1])
+    with pytest.raises(ValueError, match="no test row"):
+        restrict(arm, np.zeros(400, dtype=bool))
