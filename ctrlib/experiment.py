@@ -293,6 +293,27 @@ def compare_samples(a, b, statistic: str = "mean_difference", n_boot: int = 2000
             "method": f"percentile bootstrap of the {statistic.replace('_', ' ')} ({n_boot} replicates)"}
 
 
+def compare_spread(a, b, n_boot: int = 2000, seed: int = 0) -> dict:
+    """How much more (or less) ``b`` varies than ``a``: ``delta = sd(b) / sd(a) - 1`` for two sets of
+    repeated measurements (e.g. an AUC on independent test sets of two sizes), with a percentile
+    bootstrap interval that resamples each set independently. ``seeds`` lists the repetitions and
+    ``n_test`` counts them, as in :func:`compare_samples`."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3 or len(b) < 3:
+        raise ValueError(f"compare_spread needs at least 3 measurements per side, got {len(a)} and {len(b)}")
+    if a.std() == 0:
+        raise ValueError("compare_spread: the first set does not vary (sd 0), so no ratio exists")
+    rng = np.random.default_rng(seed)
+    ra = a[rng.integers(0, len(a), (n_boot, len(a)))].std(-1, ddof=1)
+    rb = b[rng.integers(0, len(b), (n_boot, len(b)))].std(-1, ddof=1)
+    reps = rb[ra > 0] / ra[ra > 0] - 1
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"delta": float(b.std(ddof=1) / a.std(ddof=1) - 1), "ci": [float(lo), float(hi)],
+            "seeds": list(range(min(len(a), len(b)))), "n_test": int(len(a) + len(b)),
+            "a": {"sd": float(a.std(ddof=1)), "n": len(a)}, "b": {"sd": float(b.std(ddof=1)), "n": len(b)},
+            "method": f"percentile bootstrap of the ratio of standard deviations ({n_boot} replicates)"}
+
+
 # -- claims and verdicts ---------------------------------------------------------------------
 
 def verdict(ci, direction: str = "greater", margin: float = 0.0) -> str:
@@ -371,6 +392,6 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "fixed_arm", "restrict", "arms_table", "compare", "compare_samples", "verdict",
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "fixed_arm", "restrict", "arms_table", "compare", "compare_samples", "compare_spread", "verdict",
            "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
            "INCONCLUSIVE", "NOT_TRAINED"]

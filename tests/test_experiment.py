@@ -5,7 +5,7 @@ from sklearn.metrics import roc_auc_score
 
 from ctrlib.data import CTRWorld, TensorData, split_by_time
 from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, NOT_TRAINED, REPRODUCED, Arm, Run, _weighted_auc,
-                               claim, claims_table, compare, compare_samples, describe, fixed_arm, recompute_verdict,
+                               claim, claims_table, compare, compare_samples, compare_spread, describe, fixed_arm, recompute_verdict,
                                restrict, run_arm, say, verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
@@ -206,3 +206,17 @@ def test_restrict_scores_a_slice_of_the_test_rows():
         restrict(arm, mask[:-1])
     with pytest.raises(ValueError, match="no test row"):
         restrict(arm, np.zeros(400, dtype=bool))
+
+
+def test_compare_spread_sees_a_scaled_spread_and_its_absence():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=200), 2.0 * rng.normal(size=200)
+    e = compare_spread(a, b)
+    assert e["delta"] == pytest.approx(b.std(ddof=1) / a.std(ddof=1) - 1)
+    assert e["ci"][0] < e["delta"] < e["ci"][1] and e["ci"][0] > 0.5      # twice the spread: ratio - 1 near 1
+    same = compare_spread(a, rng.normal(size=200))
+    assert same["ci"][0] < 0 < same["ci"][1]
+    with pytest.raises(ValueError, match="at least 3"):
+        compare_spread([1.0, 2.0], b)
+    with pytest.raises(ValueError, match="does not vary"):
+        compare_spread([1.0, 1.0, 1.0], b)

@@ -56,7 +56,8 @@ def _bands_01_ctr_world(res):
     assert all(b > a for a, b in zip(sweep, sweep[1:])), f"stronger worlds should be more predictable: {sweep}"
     sd = [res["oracle_auc_sd"][k] for k in sorted(res["oracle_auc_sd"], key=int)]
     assert sd[-1] < sd[0], f"AUC noise should shrink with the sample size: {sd}"
-    assert res["sample_seconds_1m"] > 0
+    compared = {tuple(c["arms"]) for c in res["claims"]}
+    assert {("oracle", "LR"), ("true first-order term", "LR")} <= compared, compared
 
 
 BANDS["01_ctr_world"] = _bands_01_ctr_world
