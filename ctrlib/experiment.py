@@ -54,6 +54,7 @@ REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inco
 VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 DIRECTIONS = ("greater", "less", "equal")
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
+NOT_TRAINED = "not trained here"  # the stop reason of a run that was not trained (see fixed_arm)
 
 
 # -- training arms over seeds ----------------------------------------------------------------
@@ -70,7 +71,7 @@ class Run:
 
     @property
     def stop_reason(self) -> str:
-        return self.fit.stop_reason if self.fit is not None else "not trained here"
+        return self.fit.stop_reason if self.fit is not None else NOT_TRAINED
 
 
 @dataclass
@@ -186,20 +187,42 @@ def arms_table(arms, oracle: dict | None = None, metric: str = "auc", metrics=("
     return table
 
 
-def subset(arm: Arm, rows, name: str | None = None) -> Arm:
-    """The same runs scored on some of the test rows only (``rows``: a boolean mask or indices),
-    e.g. one group of users: each run's metrics are recomputed there, so :func:`compare` of two
-    subsets of paired arms gives the difference within that part of the test set."""
-    idx = np.arange(len(arm.labels))[rows]
-    if len(idx) == 0:
-        raise ValueError(f"subset of {arm.name!r}: no test rows selected")
-    y = arm.labels[idx]
-    groups = arm.groups[idx] if arm.groups is not None else None
-    runs = []
-    for r in arm.runs:
-        wanted = tuple(m for m in r.metrics if m != "gauc" or groups is not None)
-        runs.append(Run(r.seed, M.compute(y, r.predictions[idx], groups, wanted), r.predictions[idx], r.fit, r.label))
-    return Arm(name or arm.name, runs, y, groups)
+
+def fixed_arm(name: str, predictions, labels, seeds, metrics=("auc", "logloss"), groups=None) -> Arm:
+    """An arm that is not trained (the oracle's true probabilities, a hand-made rule), scored on the
+    same test set as trained arms so that :func:`compare` can pair them: the same ``predictions``
+    stand in for every seed, so only the trained arm's seed spread enters the interval. Its runs
+    report the stop reason ``NOT_TRAINED``."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"arm {name!r}: seeds is empty; give the seeds of the arms it is compared with")
+    p = np.asarray(predictions, dtype=np.float64)
+    y = np.asarray(labels)
+    g = None if groups is None else np.asarray(groups)
+    if p.shape != y.shape or (g is not None and g.shape != y.shape):
+        raise ValueError(f"arm {name!r}: predictions {p.shape}, labels {y.shape} and groups must have one shape")
+    wanted = tuple(m for m in metrics if m != "gauc" or g is not None)
+    scores = M.compute(y, p, g, wanted)
+    return Arm(name, [Run(s, dict(scores), p, None) for s in seeds], y, g)
+
+
+def restrict(arm: Arm, rows, name: str | None = None) -> Arm:
+    """The same arm scored on part of its test rows (a slice, one group of users): ``rows`` is a
+    boolean mask over the test set or an array of row indices. Every run's predictions and recorded
+    metrics are cut to those rows, so :func:`compare` of two restricted paired arms gives the
+    difference within that part of the test set."""
+    rows = np.asarray(rows)
+    if rows.dtype == bool and rows.shape != arm.labels.shape:
+        raise ValueError(f"restrict({arm.name!r}): mask has shape {rows.shape}, the test set {arm.labels.shape}")
+    mask = rows if rows.dtype == bool else np.isin(np.arange(len(arm.labels)), rows)
+    if not mask.any():
+        raise ValueError(f"restrict({arm.name!r}): no test row selected")
+    y = arm.labels[mask]
+    g = None if arm.groups is None else arm.groups[mask]
+    wanted = tuple(m for m in arm.runs[0].metrics if m != "gauc" or g is not None)
+    runs = [Run(r.seed, M.compute(y, r.predictions[mask], g, wanted), r.predictions[mask], r.fit, r.label)
+            for r in arm.runs]
+    return Arm(name or arm.name, runs, y, g)
 
 
 # -- intervals -------------------------------------------------------------------------------
@@ -318,6 +341,27 @@ def difference(a: dict, b: dict, a_label: str = "a", b_label: str = "b") -> dict
             "method": "difference of two independent differences; standard errors added in quadrature"}
 
 
+def compare_spread(a, b, n_boot: int = 2000, seed: int = 0) -> dict:
+    """How much more (or less) ``b`` varies than ``a``: ``delta = sd(b) / sd(a) - 1`` for two sets of
+    repeated measurements (e.g. an AUC on independent test sets of two sizes), with a percentile
+    bootstrap interval that resamples each set independently. ``seeds`` lists the repetitions and
+    ``n_test`` counts them, as in :func:`compare_samples`."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 3 or len(b) < 3:
+        raise ValueError(f"compare_spread needs at least 3 measurements per side, got {len(a)} and {len(b)}")
+    if a.std() == 0:
+        raise ValueError("compare_spread: the first set does not vary (sd 0), so no ratio exists")
+    rng = np.random.default_rng(seed)
+    ra = a[rng.integers(0, len(a), (n_boot, len(a)))].std(-1, ddof=1)
+    rb = b[rng.integers(0, len(b), (n_boot, len(b)))].std(-1, ddof=1)
+    reps = rb[ra > 0] / ra[ra > 0] - 1
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"delta": float(b.std(ddof=1) / a.std(ddof=1) - 1), "ci": [float(lo), float(hi)],
+            "seeds": list(range(min(len(a), len(b)))), "n_test": int(len(a) + len(b)),
+            "a": {"sd": float(a.std(ddof=1)), "n": len(a)}, "b": {"sd": float(b.std(ddof=1)), "n": len(b)},
+            "method": f"percentile bootstrap of the ratio of standard deviations ({n_boot} replicates)"}
+
+
 def compare_paired_samples(a, b, n_boot: int = 2000, seed: int = 0) -> dict:
     """The ratio of measurements taken side by side, ``b[i] / a[i]`` (e.g. timings of two models run
     alternately: A, B, A, B, ...; each pair shares the machine's load at that moment).
@@ -419,7 +463,7 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "run_scored_arm", "arms_table", "compare",
-           "compare_samples", "compare_paired_samples", "verdict", "claim", "recompute_verdict", "claims_table",
-           "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE"]
-__all__ += ["subset", "difference"]  # scoring part of a test set; a difference of independent differences
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "run_scored_arm", "fixed_arm", "restrict", "arms_table",
+           "compare", "compare_samples", "compare_paired_samples", "compare_spread", "verdict", "claim",
+           "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE",
+           "NOT_TRAINED", "difference"]

@@ -4,9 +4,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from ctrlib.data import CTRWorld, TensorData, split_by_time
-from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Run, _weighted_auc, claim,
-                               claims_table, compare, compare_paired_samples, compare_samples, describe,
-                               recompute_verdict, run_arm, run_scored_arm, say, verdict)
+from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, NOT_TRAINED, REPRODUCED, Arm, Run, _weighted_auc,
+                               claim, claims_table, compare, compare_paired_samples, compare_samples, compare_spread,
+                               describe, fixed_arm, recompute_verdict, restrict, run_arm, run_scored_arm, say, verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
 
@@ -189,8 +189,57 @@ def test_claims_check_reports_each_protocol_breach():
     assert claims_check.problems("ch", {"quick": True, "claims": [one_seed]}) == []   # QUICK may use 1 seed
     capped = claim("B beats A.", ev | {"stopped_by": {"A": ["epoch cap"], "B": ["early stopping"]}}, "auc", ("A", "B"))
     assert "not all by early stopping" in claims_check.problems("ch", {"quick": False, "claims": [capped]})[0]
+    oracle = claim("A beats B.", ev | {"stopped_by": {"A": [NOT_TRAINED] * 3, "B": ["early stopping"] * 3}}, "auc",
+                   ("B", "A"))
+    assert claims_check.problems("ch", {"quick": False, "claims": [oracle]}) == []   # the oracle is not trained
     side = claim("B beats A.", ev | {"seeds": [0]}, "auc", ("A", "B"), headline=False)
     assert claims_check.problems("ch", {"quick": False, "claims": [side]}) == []
+
+
+def test_fixed_arm_pairs_an_untrained_predictor_with_trained_arms():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 600).astype(float)
+    truth = y + rng.normal(scale=1.0, size=600)
+    trained = _arm("model", y, [truth + rng.normal(scale=s, size=600) for s in (1.0, 1.2, 1.4)], [0, 1, 2])
+    oracle = fixed_arm("oracle", truth, y, trained.seeds, metrics=("auc",))
+    assert oracle.values("auc").tolist() == [roc_auc_score(y, truth)] * 3
+    assert oracle.stop_reasons() == [NOT_TRAINED] * 3
+    e = compare(oracle, trained, n_boot=200)
+    assert e["delta"] < 0 and e["ci"][1] < 0           # the noisier model is below the truth
+    with pytest.raises(ValueError, match="one shape"):
+        fixed_arm("oracle", truth[:-1], y, [0])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        fixed_arm("oracle", truth, y, [])
+
+
+def test_restrict_scores_a_slice_of_the_test_rows():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400).astype(float)
+    p = [y + rng.normal(scale=s, size=400) for s in (0.5, 2.0)]
+    arm = _arm("a", y, p, [0, 1])
+    mask = np.arange(400) % 3 == 0
+    part = restrict(arm, mask, "a on the slice")
+    assert part.name == "a on the slice" and len(part.labels) == mask.sum()
+    assert part.values("auc").tolist() == [roc_auc_score(y[mask], q[mask]) for q in p]
+    assert compare(part, part, n_boot=20)["n_test"] == mask.sum()
+    with pytest.raises(ValueError, match="shape"):
+        restrict(arm, mask[:-1])
+    with pytest.raises(ValueError, match="no test row"):
+        restrict(arm, np.zeros(400, dtype=bool))
+
+
+def test_compare_spread_sees_a_scaled_spread_and_its_absence():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=200), 2.0 * rng.normal(size=200)
+    e = compare_spread(a, b)
+    assert e["delta"] == pytest.approx(b.std(ddof=1) / a.std(ddof=1) - 1)
+    assert e["ci"][0] < e["delta"] < e["ci"][1] and e["ci"][0] > 0.5      # twice the spread: ratio - 1 near 1
+    same = compare_spread(a, rng.normal(size=200))
+    assert same["ci"][0] < 0 < same["ci"][1]
+    with pytest.raises(ValueError, match="at least 3"):
+        compare_spread([1.0, 2.0], b)
+    with pytest.raises(ValueError, match="does not vary"):
+        compare_spread([1.0, 1.0, 1.0], b)
 
 
 def test_paired_samples_cancel_shared_drift():
@@ -211,22 +260,22 @@ def test_paired_samples_cancel_shared_drift():
         compare_paired_samples(a, -b)
 
 
-def test_subset_rescores_each_run_on_the_selected_rows():
-    from ctrlib.experiment import subset
+def test_restrict_takes_indices_as_well_as_a_mask():
+    from ctrlib.experiment import restrict
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, 400).astype(float)
     preds = [y * 0.3 + rng.random(400) for _ in range(2)]
     arm = _arm("a", y, preds, [0, 1])
     mask = np.arange(400) < 150
-    part = subset(arm, mask, "a, first rows")
+    part = restrict(arm, mask, "a, first rows")
     assert part.name == "a, first rows" and part.seeds == [0, 1] and len(part.labels) == 150
     for run, p in zip(part.runs, preds):
         assert run.metrics["auc"] == pytest.approx(roc_auc_score(y[:150], p[:150]))
-    assert subset(arm, np.arange(400)).values("auc") == pytest.approx(arm.values("auc"))
-    e = compare(part, subset(_arm("b", y, [p + y for p in preds], [0, 1]), mask), n_boot=50)
+    assert restrict(arm, np.arange(400)).values("auc") == pytest.approx(arm.values("auc"))
+    e = compare(part, restrict(_arm("b", y, [p + y for p in preds], [0, 1]), mask), n_boot=50)
     assert e["n_test"] == 150 and e["delta"] > 0
-    with pytest.raises(ValueError, match="no test rows"):
-        subset(arm, np.zeros(400, bool))
+    with pytest.raises(ValueError, match="no test row"):
+        restrict(arm, np.zeros(400, bool))
 
 
 def test_difference_of_independent_deltas_adds_their_errors():

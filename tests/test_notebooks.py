@@ -56,17 +56,18 @@ def _bands_01_ctr_world(res):
     assert all(b > a for a, b in zip(sweep, sweep[1:])), f"stronger worlds should be more predictable: {sweep}"
     sd = [res["oracle_auc_sd"][k] for k in sorted(res["oracle_auc_sd"], key=int)]
     assert sd[-1] < sd[0], f"AUC noise should shrink with the sample size: {sd}"
-    assert res["sample_seconds_1m"] > 0
+    compared = {tuple(c["arms"]) for c in res["claims"]}
+    assert {("oracle", "LR"), ("true first-order term", "LR")} <= compared, compared
 
 
 BANDS["01_ctr_world"] = _bands_01_ctr_world
 
 
 def _bands_02_feature_interactions(res):
-    """Feature interactions: crosses pay (FM, DeepFM, DCN-V2 clearly beat LR; margins ~0.055 in QUICK
-    mode over 3 seeds), nothing passes the oracle overall or on a cross slice. The order-3 story
-    (deep models recover the order-3 cross, FM cannot; a second cross layer reaches it) needs the
-    full run's data and epochs, so it is checked only when the run was not QUICK."""
+    """Feature interactions: the six models ran, crosses pay (FM, DeepFM, DCN-V2 clearly beat LR;
+    margins ~0.05 in QUICK mode), FM picks up the order-2 crosses, nothing passes the oracle's
+    logloss or (beyond sampling noise) its AUC overall or on a cross slice, and the paper claims are
+    recorded for the comparisons the chapter makes (their verdicts are checked in full mode)."""
     m, o = res["models"], res["oracle"]
     assert set(m) == {"LR", "FM", "DeepFM", "DCN", "DCN-V2", "DLRM"}, sorted(m)
     for name in ("FM", "DeepFM", "DCN-V2"):
@@ -76,11 +77,8 @@ def _bands_02_feature_interactions(res):
         assert r["logloss"] > o["logloss"], f"{name}: logloss {r['logloss']:.4f} beats the oracle's"
         for key in ("auc", "gauc", "auc_order2", "auc_order3"):
             assert r[key] < o[key] + AUC_TOL, f"{name}: {key} {r[key]:.4f} beats the oracle's {o[key]:.4f}"
-    if not res["quick"]:
-        for name in ("DeepFM", "DCN-V2"):
-            assert m[name]["auc_order3"] > m["FM"]["auc_order3"] + 0.05, (name, m[name], m["FM"])
-        depth = res["cross_depth"]
-        assert depth["2"]["auc_order3"] > depth["1"]["auc_order3"] + 0.05, depth
+    compared = {tuple(c["arms"]) for c in res["claims"]}
+    assert {("LR", "FM"), ("FM", "DeepFM"), ("FM", "DCN-V2"), ("1 cross layer", "2 cross layers")} <= compared, compared
 
 
 BANDS["02_feature_interactions"] = _bands_02_feature_interactions
@@ -137,18 +135,21 @@ BANDS["08_dfgr_hstu"] = _bands_08_dfgr_hstu
 
 def _bands_03_user_behaviour(res):
     """User behaviour: the real MovieLens-100K data, every simulated model learns and stays below
-    the oracle (AUC and GAUC), DIN beats mean pooling."""
+    the oracle (GAUC, logloss), DIN beats mean pooling (QUICK margin ~0.05), and the paper claims
+    are recorded for the comparisons the chapter makes (their verdicts are checked in full mode)."""
     s = res["movielens_summary"]
     assert (s["n_ratings"], s["n_users"], s["n_items"]) == (100_000, 943, 1_682), s
     m, oracle = res["models"], res["oracle"]
     for name, r in m.items():
         assert r["auc"] > 0.58, f"{name} barely learns: AUC {r['auc']:.4f}"
         assert r["gauc"] <= oracle["gauc"] + 0.005, f"{name}: GAUC {r['gauc']:.4f} above the oracle's"
-    assert m["DIN"]["auc"] > m["mean pooling"]["auc"], (m["DIN"], m["mean pooling"])  # QUICK margin ~0.05
-    # the weights are learned late: no order between them in QUICK
-    assert set(res["attention"]) == {"mean_weight_match", "mean_weight_other"}
+        assert r["logloss"] > oracle["logloss"], f"{name}: logloss {r['logloss']:.4f} beats the oracle's"
+    assert m["DIN"]["auc"] > m["mean pooling"]["auc"], (m["DIN"], m["mean pooling"])
     for name, r in res["movielens"].items():
         assert 0.55 < r["auc"] < 0.95 and r["logloss"] < 0.75, f"MovieLens {name}: {r}"
+    compared = {(c["metric"], tuple(c["arms"])) for c in res["claims"]}
+    assert {("auc", ("mean pooling", "DIN")), ("auc", ("DIN", "DIEN")), ("auc", ("mean pooling", "two-tower")),
+            ("auc (MovieLens)", ("mean pooling", "DIN"))} <= compared, compared
 
 
 BANDS["03_user_behaviour"] = _bands_03_user_behaviour

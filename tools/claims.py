@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 import build_book
-from ctrlib.experiment import recompute_verdict
+from ctrlib.experiment import NOT_TRAINED, recompute_verdict
 
 MIN_SEEDS = 3
 
@@ -44,7 +44,7 @@ def problems(stem: str, res: dict) -> list[str]:
             if len(c["evidence"]["seeds"]) < MIN_SEEDS:
                 out.append(f"{name}: headline claim with {len(c['evidence']['seeds'])} seed(s), needs {MIN_SEEDS}")
             stopped = [r for runs in c["evidence"].get("stopped_by", {}).values() for r in runs]
-            if any(r != "early stopping" for r in stopped):
+            if any(r not in ("early stopping", NOT_TRAINED) for r in stopped):  # an oracle is not trained
                 out.append(f"{name}: headline runs stopped by {sorted(set(stopped))}, not all by early stopping")
     return out
 
