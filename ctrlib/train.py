@@ -138,8 +138,9 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     optimizer = LazyAdam(groups, lr=cfg.lr) if sparse else torch.optim.Adam(groups, lr=cfg.lr)
     batch_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "batch" else 0.0
     full_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "all" else 0.0
-    # the tables' lookups give sparse row gradients where the update or the batch-rows L2 needs them
-    row_tables = tables if sparse or batch_l2 else []
+    # the tables' lookups give sparse row gradients where the update or the batch-rows L2 needs them; with
+    # the full-table L2 every row has a gradient at every step, and lazy Adam is Adam
+    row_tables = tables if (sparse or batch_l2) and not full_l2 else []
     sign = -1.0 if cfg.monitor == "logloss" else 1.0
     best_score, best_epoch, best_state, bad_epochs = -np.inf, 0, None, 0
     rows, train_seconds = [], 0.0
