@@ -14,7 +14,7 @@ STAMP  := $(VENV)/.installed
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test bench clean distclean venv
+.PHONY: book test bench claims clean distclean venv
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Every chapter in full mode (up to ~10 min each), then one table of all claims and their verdicts.
+claims: $(STAMP)
+	$(PY) tools/claims.py
 
 bench: $(STAMP)
 	@test -f benchmarks/run.sh || { echo 'benchmarks/run.sh does not exist yet' >&2; exit 1; }

@@ -68,6 +68,7 @@ class FitResult:
     best_score: float
     train_seconds: float            # time in the training loop, validation excluded
     config: TrainConfig = field(repr=False, default=None)
+    stop_reason: str = "epoch cap"  # "early stopping", "epoch cap" (ran all epochs) or "no validation"
 
 
 def _label_names(model: nn.Module) -> tuple[str, ...]:
@@ -144,6 +145,7 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     sign = -1.0 if cfg.monitor == "logloss" else 1.0
     best_score, best_epoch, best_state, bad_epochs = -np.inf, 0, None, 0
     rows, train_seconds = [], 0.0
+    stop_reason = "epoch cap" if valid is not None else "no validation"
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
 
     from tqdm.auto import tqdm
@@ -193,13 +195,14 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
             bar.set_postfix({cfg.monitor: f"{scores[cfg.monitor]:.4f}"})
         rows.append(row)
         if valid is not None and bad_epochs >= cfg.patience:
+            stop_reason = "early stopping"
             break
     if best_state is not None:
         model.load_state_dict(best_state)
     else:
         best_epoch = len(rows)
     return FitResult(pd.DataFrame(rows), best_epoch, sign * best_score if valid is not None else float("nan"),
-                     train_seconds, cfg)
+                     train_seconds, cfg, stop_reason)
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Callable
 import pytest
 
 import build_book
+import claims as claims_check  # tools/claims.py
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.slow]
 
@@ -157,6 +158,15 @@ def _bands_06_time_matters(res):
 
 
 BANDS["06_time_matters"] = _bands_06_time_matters
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_claims_follow_the_protocol(book_results, nb):
+    """Every chapter records its claims; each verdict is the one the rule gives from its evidence
+    (ctrlib.experiment.verdict). In full mode (make claims) headline claims also need >= 3 seeds
+    and runs stopped by early stopping; QUICK mode checks the records and the rule only."""
+    found = claims_check.problems(nb.stem, load(book_results, nb.stem))
+    assert not found, "\n".join(found)
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])

@@ -1,0 +1,341 @@
+"""The results protocol: arms trained over seeds, intervals for differences, claims with verdicts.
+
+Every chapter compares models the same way:
+
+1. An **arm** is a model factory, the data it sees and one :class:`~ctrlib.train.TrainConfig`.
+   :func:`run_arm` trains it once per seed (:func:`train_and_evaluate`: seed everything, build,
+   fit with early stopping, score the test set) and keeps every run's test predictions and why
+   its training stopped.
+2. :func:`compare` measures the difference ``delta = metric(arm b) - metric(arm a)`` (for
+   logloss, lower is better, so a *negative* delta is an improvement) and its 95% interval:
+
+   * ``delta`` is the mean over seeds of the per-seed differences (runs are paired by seed);
+   * the **test-sampling error** ``se_test`` is the standard deviation of ``delta`` over
+     ``n_boot`` *paired* bootstrap replicates of the test set (the same resampled rows score
+     every run of both arms, so the noise that both arms share cancels);
+   * the **seed error** ``se_seed`` is the standard deviation of the per-seed differences over
+     ``sqrt(n_seeds)`` (0 with one seed: QUICK runs cannot see it);
+   * the two are independent sources of error, so ``se = sqrt(se_test**2 + se_seed**2)`` and
+     ``ci = delta ± 1.96 se``.
+
+   :func:`compare_samples` does the same for repeated measurements that are not predictions
+   (timings, memory): a bootstrap of the difference of means (or the ratio of medians).
+3. A **claim** is one sentence of the paper, the two arms and the metric that test it, the
+   direction it states and an optional margin. Its verdict comes from the interval alone, by
+   one rule (:func:`verdict`):
+
+   * ``direction="greater"`` (the claim: b is higher than a): **reproduced** if ``lo > 0``;
+     **not reproduced** if ``hi < margin`` (the data rule out a gain as large as ``margin``,
+     0 by default: a gain at all); otherwise **inconclusive**;
+   * ``direction="less"``: the mirror image (``hi < 0``; ``lo > -margin``);
+   * ``direction="equal"`` (the claim: no difference larger than ``margin`` > 0):
+     **reproduced** if the interval lies inside ``(-margin, margin)``; **not reproduced** if it
+     lies wholly outside; otherwise **inconclusive**.
+
+Chapters record the claims (:func:`claim` returns a JSON-ready dict), show them with
+:func:`claims_table`, and write the sentences that interpret them with :func:`say`, which picks
+one of three texts written out for the three verdicts.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from ctrlib import metrics as M
+from ctrlib.data.tensors import TensorData
+from ctrlib.train import FitResult, TrainConfig, fit, predict, seed_everything
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+DIRECTIONS = ("greater", "less", "equal")
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+# -- training arms over seeds ----------------------------------------------------------------
+
+@dataclass
+class Run:
+    """One seed of one arm: test metrics, test predictions and the fit's history."""
+    seed: int
+    metrics: dict[str, float]
+    predictions: np.ndarray = field(repr=False)
+    fit: FitResult = field(repr=False)
+    label: str = "label"
+    model: nn.Module | None = field(default=None, repr=False)
+
+    @property
+    def stop_reason(self) -> str:
+        return self.fit.stop_reason if self.fit is not None else "not trained here"
+
+
+@dataclass
+class Arm:
+    """Every seed of one arm, scored on one test set (``labels``, and ``groups`` for GAUC)."""
+    name: str
+    runs: list[Run]
+    labels: np.ndarray = field(repr=False)
+    groups: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    def values(self, metric: str) -> np.ndarray:
+        return np.array([r.metrics[metric] for r in self.runs])
+
+    def mean(self, metric: str = "auc") -> float:
+        return float(self.values(metric).mean())
+
+    def sd(self, metric: str = "auc") -> float:
+        v = self.values(metric)
+        return float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+    def stop_reasons(self) -> list[str]:
+        return [r.stop_reason for r in self.runs]
+
+    def summary(self, metrics=("auc", "logloss")) -> dict:
+        """Mean and sd per metric, the seeds, and why each run stopped (for a results table)."""
+        out = {}
+        for m in metrics:
+            if m in self.runs[0].metrics:
+                out[m], out[f"{m}_sd"] = self.mean(m), self.sd(m)
+        out["seeds"] = len(self.runs)
+        out["stopped_by"] = ", ".join(f"{n}× {r}" for r, n in pd.Series(self.stop_reasons()).value_counts().items())
+        out["epochs"] = float(np.mean([r.fit.history.epoch.max() for r in self.runs]))
+        return out
+
+
+def _first_label(model: nn.Module) -> str:
+    schema = getattr(model, "schema", None)
+    return schema.labels[0] if schema is not None else "label"
+
+
+def train_and_evaluate(build: Callable[[], nn.Module], train: TensorData, valid, test: TensorData,
+                       config: TrainConfig, seed: int, metrics=("auc", "logloss"), group: str | None = None,
+                       keep_model: bool = False) -> Run:
+    """The one "seed, build, fit, evaluate" step of every chapter.
+
+    Seeds Python, numpy and torch with ``seed`` before ``build()`` (so the initial weights depend on
+    it), trains with ``config`` (its ``seed`` replaced by ``seed``: shuffling and dropout too) and
+    scores ``test`` with the best epoch's weights.
+    """
+    seed_everything(seed)
+    model = build()
+    result = fit(model, train, valid, config, seed=seed)
+    p = predict(model, test, config.eval_batch_size)
+    label = _first_label(model)
+    p = p[label] if isinstance(p, dict) else p
+    y = test[label].numpy()
+    groups = test[group].numpy() if group else None
+    wanted = tuple(m for m in metrics if m != "gauc" or groups is not None)
+    return Run(seed, M.compute(y, p, groups, wanted), p, result, label, model if keep_model else None)
+
+
+def run_arm(name: str, build: Callable[[], nn.Module], train: TensorData, valid, test: TensorData,
+            config: TrainConfig, seeds, metrics=("auc", "logloss"), group: str | None = None,
+            keep_models: bool = False) -> Arm:
+    """Train and score one arm once per seed (see :func:`train_and_evaluate`)."""
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"arm {name!r}: seeds is empty; give at least one seed")
+    runs = [train_and_evaluate(build, train, valid, test, config, s, metrics, group, keep_models) for s in seeds]
+    return Arm(name, runs, test[runs[0].label].numpy(), test[group].numpy() if group else None)
+
+
+def arms_table(arms, oracle: dict | None = None, metric: str = "auc", metrics=("auc", "logloss")) -> pd.DataFrame:
+    """Mean ± sd per arm (best first), the seeds, why the runs stopped, and the oracle as last row."""
+    rows = {a.name: a.summary(metrics) for a in arms}
+    table = pd.DataFrame(rows).T.sort_values(metric, ascending=(metric == "logloss"))
+    if oracle is not None:
+        table.loc["oracle"] = pd.Series({k: v for k, v in oracle.items() if k in metrics})
+        table[f"{metric} gap to oracle"] = table[metric].astype(float) - oracle[metric]
+    table.index.name = "model"
+    return table
+
+
+# -- intervals -------------------------------------------------------------------------------
+
+def _bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """``[n_boot, n]`` multinomial counts: how often each test row appears in each replicate."""
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+
+
+def _weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUC of ``p`` for labels ``y`` under row weights ``w`` ``[R, n]`` (ties count one half): ``[R]``."""
+    order = np.argsort(p, kind="mergesort")
+    y, p, w = y[order], p[order], w[:, order]
+    starts = np.flatnonzero(np.r_[True, p[1:] != p[:-1]])       # first row of each tie group
+    pos = np.add.reduceat(w * y, starts, axis=1)                 # [R, groups] weighted positives
+    neg = np.add.reduceat(w * (1 - y), starts, axis=1)           # [R, groups] weighted negatives
+    below = np.cumsum(neg, axis=1) - neg                         # negatives strictly below each group
+    pairs = (pos * (below + 0.5 * neg)).sum(1)
+    total = pos.sum(1) * neg.sum(1)
+    return np.where(total > 0, pairs / np.where(total > 0, total, 1), np.nan)
+
+
+def _replicate_metric(metric: str, y, p, groups, counts) -> np.ndarray:
+    """The metric of one run's predictions on every bootstrap replicate: ``[R]``."""
+    if metric == "auc":
+        return _weighted_auc(y, p, counts)
+    if metric == "logloss":
+        q = np.clip(p.astype(np.float64), M.EPS, 1 - M.EPS)
+        loss = -(y * np.log(q) + (1 - y) * np.log(1 - q))
+        return counts @ loss / counts.sum(1)
+    out = []  # any other metric: recompute it on the resampled rows (slower)
+    for c in counts:
+        idx = np.repeat(np.arange(len(y)), c.astype(np.int64))
+        out.append(M.compute(y[idx], p[idx], None if groups is None else groups[idx], (metric,))[metric])
+    return np.array(out)
+
+
+def compare(a: Arm, b: Arm, metric: str = "auc", n_boot: int = 1000, seed: int = 0) -> dict:
+    """``delta = metric(b) - metric(a)`` with its 95% interval (the method is in the module docstring).
+
+    Both arms must be scored on the same test set with the same seeds (runs are paired by seed).
+    Returns the evidence of a claim: ``delta``, ``ci``, ``seeds``, ``n_test``, ``per_seed``,
+    ``se_test``, ``se_seed``, ``a``/``b`` (mean ± sd of each arm), ``stopped_by`` and ``method``.
+    """
+    if a.labels is None or b.labels is None or len(a.labels) != len(b.labels) or not np.array_equal(a.labels, b.labels):
+        raise ValueError(f"compare({a.name!r}, {b.name!r}): the arms were scored on different test sets; "
+                         "a paired comparison needs the same test rows (use compare_samples for unpaired numbers)")
+    if a.seeds != b.seeds:
+        raise ValueError(f"compare({a.name!r}, {b.name!r}): seeds differ ({a.seeds} vs {b.seeds}); "
+                         "train both arms with the same seeds")
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
+    per_seed = b.values(metric) - a.values(metric)
+    delta = float(per_seed.mean())
+    y = a.labels.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    replicates = np.zeros(n_boot)
+    chunk = max(1, min(n_boot, 20_000_000 // max(len(y), 1)))   # bound the [R, n] count matrix
+    for start in range(0, n_boot, chunk):
+        counts = _bootstrap_counts(len(y), min(chunk, n_boot - start), rng)
+        diffs = [_replicate_metric(metric, y, rb.predictions, b.groups, counts)
+                 - _replicate_metric(metric, y, ra.predictions, a.groups, counts)
+                 for ra, rb in zip(a.runs, b.runs)]
+        replicates[start:start + len(counts)] = np.mean(diffs, axis=0)
+    se_test = float(np.nanstd(replicates, ddof=1))
+    se_seed = float(per_seed.std(ddof=1) / math.sqrt(len(per_seed))) if len(per_seed) > 1 else 0.0
+    se = math.hypot(se_test, se_seed)
+    return {"delta": delta, "ci": [delta - Z95 * se, delta + Z95 * se], "seeds": a.seeds, "n_test": int(len(y)),
+            "per_seed": per_seed.tolist(), "se_test": se_test, "se_seed": se_seed,
+            "a": {"name": a.name, "mean": a.mean(metric), "sd": a.sd(metric)},
+            "b": {"name": b.name, "mean": b.mean(metric), "sd": b.sd(metric)},
+            "stopped_by": {a.name: a.stop_reasons(), b.name: b.stop_reasons()},
+            "method": f"paired bootstrap over test rows ({n_boot} replicates) combined with the seed spread"}
+
+
+def compare_samples(a, b, statistic: str = "mean_difference", n_boot: int = 2000, seed: int = 0) -> dict:
+    """The difference of two sets of repeated measurements (timings, memory, AUCs of other test sets).
+
+    ``statistic="mean_difference"``: ``mean(b) - mean(a)``; ``"median_ratio"``: ``median(b) / median(a)``
+    (compare it with 1 via ``margin`` or use ``log`` thinking: a claim "b is faster" is ``direction="less"``
+    on a ratio minus one, which this returns as ``delta = ratio - 1``). The interval is a percentile
+    bootstrap resampling each set independently. ``seeds`` lists the repetitions and ``n_test`` counts them.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"compare_samples needs at least 2 measurements per side, got {len(a)} and {len(b)}")
+    stats = {"mean_difference": lambda x, y: y.mean(-1) - x.mean(-1),
+             "median_ratio": lambda x, y: np.median(y, -1) / np.median(x, -1) - 1}
+    if statistic not in stats:
+        raise ValueError(f"statistic must be one of {list(stats)}, got {statistic!r}")
+    rng = np.random.default_rng(seed)
+    ra = a[rng.integers(0, len(a), (n_boot, len(a)))]
+    rb = b[rng.integers(0, len(b), (n_boot, len(b)))]
+    reps = stats[statistic](ra, rb)
+    delta = float(stats[statistic](a, b))
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"delta": delta, "ci": [float(lo), float(hi)], "seeds": list(range(min(len(a), len(b)))),
+            "n_test": int(len(a) + len(b)), "a": {"mean": float(a.mean()), "median": float(np.median(a))},
+            "b": {"mean": float(b.mean()), "median": float(np.median(b))},
+            "method": f"percentile bootstrap of the {statistic.replace('_', ' ')} ({n_boot} replicates)"}
+
+
+# -- claims and verdicts ---------------------------------------------------------------------
+
+def verdict(ci, direction: str = "greater", margin: float = 0.0) -> str:
+    """The one rule from an interval to a verdict (see the module docstring)."""
+    lo, hi = float(ci[0]), float(ci[1])
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise ValueError(f"a confidence interval must be two finite numbers lo <= hi, got {ci}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if margin < 0 or (direction == "equal" and margin <= 0):
+        raise ValueError(f"margin must be >= 0 (> 0 for 'equal'), got {margin}")
+    if direction == "greater":
+        return REPRODUCED if lo > 0 else NOT_REPRODUCED if hi < margin else INCONCLUSIVE
+    if direction == "less":
+        return REPRODUCED if hi < 0 else NOT_REPRODUCED if lo > -margin else INCONCLUSIVE
+    if -margin < lo and hi < margin:
+        return REPRODUCED
+    return NOT_REPRODUCED if lo >= margin or hi <= -margin else INCONCLUSIVE
+
+
+def claim(text: str, evidence: dict, metric: str, arms: tuple[str, str], direction: str = "greater",
+          margin: float = 0.0, headline: bool = True, note: str = "") -> dict:
+    """A claim as the results JSON records it, with its verdict computed from ``evidence['ci']``.
+
+    ``text`` is the paper's claim in one sentence; ``arms`` = (baseline a, treatment b) of
+    ``delta = b - a``; ``headline`` marks the chapter's main comparisons (≥ 3 seeds, trained to
+    early stopping in full mode); ``note`` says what the arms are when the names do not.
+    """
+    for key in ("delta", "ci", "seeds", "n_test"):
+        if key not in evidence:
+            raise KeyError(f"claim {text!r}: evidence lacks {key!r} (it needs delta, ci, seeds, n_test)")
+    return {"claim": text, "metric": metric, "arms": list(arms), "direction": direction, "margin": float(margin),
+            "headline": bool(headline), "note": note,
+            "verdict": verdict(evidence["ci"], direction, margin), "evidence": dict(evidence)}
+
+
+def recompute_verdict(record: dict) -> str:
+    """The verdict a recorded claim's evidence gives by the rule (the tests compare it with the record)."""
+    return verdict(record["evidence"]["ci"], record["direction"], record["margin"])
+
+
+def claims_table(claims) -> pd.DataFrame:
+    """The "Claims checked" table: the paper's claim, our measurement with its interval, the verdict."""
+    rows = []
+    for c in claims:
+        e = c["evidence"]
+        rows.append({"claim (paper)": c["claim"], "compared": f"{c['arms'][1]} − {c['arms'][0]}",
+                     "metric": c["metric"], "Δ (ours)": f"{e['delta']:+.4f}",
+                     "95% CI": f"[{e['ci'][0]:+.4f}, {e['ci'][1]:+.4f}]", "seeds": len(e["seeds"]),
+                     "n test": e["n_test"], "verdict": c["verdict"]})
+    return pd.DataFrame(rows)
+
+
+def say(record: dict, reproduced: str, not_reproduced: str, inconclusive: str, **values) -> str:
+    """The sentence for a claim's verdict: one of three texts, each written out in the chapter.
+
+    The texts are ``str.format`` templates; ``{delta}``, ``{lo}``, ``{hi}`` (signed, 4 decimals),
+    ``{verdict}`` and any ``values`` passed here are filled in.
+    """
+    e = record["evidence"]
+    fields = {"delta": f"{e['delta']:+.4f}", "lo": f"{e['ci'][0]:+.4f}", "hi": f"{e['ci'][1]:+.4f}",
+              "verdict": record["verdict"], **values}
+    text = {REPRODUCED: reproduced, NOT_REPRODUCED: not_reproduced, INCONCLUSIVE: inconclusive}[record["verdict"]]
+    return text.format(**fields)
+
+
+def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> str:
+    """A difference in words, from its interval: "higher by +0.0123 (95% CI +0.0040 to +0.0206)",
+    "lower by ...", or "not distinguishable from zero (Δ ..., 95% CI ... to ...)"."""
+    d, (lo, hi) = evidence["delta"], evidence["ci"]
+    interval = f"95% CI {lo:+.4f} to {hi:+.4f}"
+    if lo > 0:
+        return f"{higher} by {d:+.4f} ({interval})"
+    if hi < 0:
+        return f"{lower} by {d:+.4f} ({interval})"
+    return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
+
+
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "arms_table", "compare", "compare_samples", "verdict",
+           "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
+           "INCONCLUSIVE"]

@@ -1,0 +1,173 @@
+"""The results protocol: the verdict rule, the intervals, and arms over seeds."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from ctrlib.data import CTRWorld, TensorData, split_by_time
+from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Run, _weighted_auc, claim,
+                               claims_table, compare, compare_samples, describe, recompute_verdict, run_arm, say,
+                               verdict)
+from ctrlib.models import DeepFM, LogisticRegression
+from ctrlib.train import TrainConfig
+
+
+@pytest.mark.parametrize("ci, direction, margin, expected", [
+    ((0.001, 0.02), "greater", 0.0, REPRODUCED),
+    ((-0.02, -0.001), "greater", 0.0, NOT_REPRODUCED),
+    ((-0.01, 0.01), "greater", 0.0, INCONCLUSIVE),
+    ((-0.01, 0.0005), "greater", 0.001, NOT_REPRODUCED),   # rules out a gain as large as the margin
+    ((-0.01, 0.002), "greater", 0.001, INCONCLUSIVE),
+    ((-0.02, -0.001), "less", 0.0, REPRODUCED),
+    ((0.001, 0.02), "less", 0.0, NOT_REPRODUCED),
+    ((-0.0005, 0.01), "less", 0.001, NOT_REPRODUCED),
+    ((-0.003, 0.004), "equal", 0.005, REPRODUCED),
+    ((0.006, 0.01), "equal", 0.005, NOT_REPRODUCED),
+    ((-0.01, -0.006), "equal", 0.005, NOT_REPRODUCED),
+    ((0.001, 0.01), "equal", 0.005, INCONCLUSIVE),
+])
+def test_verdict_rule(ci, direction, margin, expected):
+    assert verdict(ci, direction, margin) == expected
+
+
+@pytest.mark.parametrize("ci, direction, margin, message", [
+    ((0.1, 0.0), "greater", 0.0, "lo <= hi"),
+    ((float("nan"), 0.1), "greater", 0.0, "finite"),
+    ((0.0, 0.1), "bigger", 0.0, "direction"),
+    ((0.0, 0.1), "equal", 0.0, "margin"),
+    ((0.0, 0.1), "greater", -1.0, "margin"),
+])
+def test_verdict_rejects_bad_input(ci, direction, margin, message):
+    with pytest.raises(ValueError, match=message):
+        verdict(ci, direction, margin)
+
+
+def test_weighted_auc_equals_sklearn_with_ties_and_repeats():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500).astype(float)
+    p = np.round(rng.random(500) + 0.3 * y, 1)           # many ties
+    assert _weighted_auc(y, p, np.ones((1, 500)))[0] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    counts = rng.integers(0, 3, (2, 500)).astype(float)   # a replicate = rows repeated counts times
+    for c in counts:
+        idx = np.repeat(np.arange(500), c.astype(int))
+        assert _weighted_auc(y, p, c[None])[0] == pytest.approx(roc_auc_score(y[idx], p[idx]), abs=1e-12)
+
+
+def _arm(name, y, predictions, seeds):
+    runs = [Run(s, {"auc": roc_auc_score(y, p)}, p, None) for s, p in zip(seeds, predictions)]
+    return Arm(name, runs, y)
+
+
+def test_test_sampling_error_matches_fresh_test_sets():
+    """se_test must estimate how much delta moves between independent test sets of the same size."""
+    rng = np.random.default_rng(1)
+
+    def draw(n):
+        x = rng.normal(size=n)
+        y = (rng.random(n) < 1 / (1 + np.exp(-2 * x))).astype(float)
+        return y, x + rng.normal(scale=1.5, size=n), x + rng.normal(scale=1.0, size=n)  # b is the better model
+
+    deltas, ses = [], []
+    for _ in range(30):
+        y, pa, pb = draw(1500)
+        e = compare(_arm("a", y, [pa], [0]), _arm("b", y, [pb], [0]), n_boot=300)
+        deltas.append(e["delta"])
+        ses.append(e["se_test"])
+    assert np.mean(deltas) > 0
+    assert 0.7 < np.mean(ses) / np.std(deltas, ddof=1) < 1.4, (np.mean(ses), np.std(deltas, ddof=1))
+
+
+def test_compare_pairs_by_seed_and_adds_the_seed_spread():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 800).astype(float)
+    base = y + rng.normal(scale=2.0, size=800)
+    a = _arm("a", y, [base + rng.normal(scale=0.1, size=800) for _ in range(3)], [0, 1, 2])
+    b = _arm("b", y, [base + rng.normal(scale=s, size=800) for s in (0.5, 1.5, 3.0)], [0, 1, 2])
+    e = compare(a, b, n_boot=200)
+    assert e["delta"] == pytest.approx(np.mean(e["per_seed"]))
+    assert e["se_seed"] == pytest.approx(np.std(e["per_seed"], ddof=1) / np.sqrt(3))
+    half = (e["ci"][1] - e["ci"][0]) / 2
+    assert half == pytest.approx(1.959964 * np.hypot(e["se_test"], e["se_seed"]))
+    assert e["seeds"] == [0, 1, 2] and e["n_test"] == 800
+    # identical predictions: no difference and a zero-width interval
+    same = compare(a, a, n_boot=50)
+    assert same["delta"] == 0 and same["ci"] == [0.0, 0.0]
+
+
+def test_compare_refuses_unpaired_arms():
+    y = np.array([0.0, 1.0, 0.0, 1.0])
+    p = np.array([0.1, 0.9, 0.2, 0.8])
+    with pytest.raises(ValueError, match="different test sets"):
+        compare(_arm("a", y, [p], [0]), _arm("b", y[::-1].copy(), [p], [0]))
+    with pytest.raises(ValueError, match="seeds differ"):
+        compare(_arm("a", y, [p], [0]), _arm("b", y, [p], [1]))
+
+
+def test_compare_samples_mean_difference_and_ratio():
+    a, b = [10.0, 11.0, 9.0, 10.5], [5.0, 5.5, 4.5, 5.2]
+    e = compare_samples(a, b)
+    assert e["delta"] == pytest.approx(np.mean(b) - np.mean(a)) and e["ci"][1] < 0
+    r = compare_samples(a, b, "median_ratio")
+    assert r["delta"] == pytest.approx(np.median(b) / np.median(a) - 1)
+    with pytest.raises(ValueError, match="at least 2"):
+        compare_samples([1.0], b)
+    with pytest.raises(ValueError, match="statistic"):
+        compare_samples(a, b, "mode")
+
+
+def test_claim_records_its_verdict_and_prose_follows_it():
+    ev = {"delta": 0.01, "ci": [0.004, 0.016], "seeds": [0, 1, 2], "n_test": 5000}
+    c = claim("B beats A.", ev, "auc", ("A", "B"))
+    assert c["verdict"] == REPRODUCED == recompute_verdict(c)
+    c["evidence"]["ci"] = [-0.002, 0.016]              # a tampered interval no longer gives the verdict
+    assert recompute_verdict(c) == INCONCLUSIVE != c["verdict"]
+    texts = dict(reproduced="holds ({delta})", not_reproduced="fails", inconclusive="open [{lo}, {hi}] {x}")
+    assert say(claim("B beats A.", ev, "auc", ("A", "B")), **texts) == "holds (+0.0100)"
+    assert say(c | {"verdict": INCONCLUSIVE}, **texts, x="!") == "open [-0.0020, +0.0160] !"
+    table = claims_table([claim("B beats A.", ev, "auc", ("A", "B"))])
+    assert list(table["verdict"]) == [REPRODUCED] and table["seeds"].iloc[0] == 3
+    assert describe(ev).startswith("higher by +0.0100")
+    assert describe({"delta": 0.0, "ci": [-0.01, 0.01]}).startswith("not distinguishable")
+    with pytest.raises(KeyError, match="n_test"):
+        claim("x", {"delta": 0, "ci": [0, 1], "seeds": [0]}, "auc", ("A", "B"))
+
+
+@pytest.fixture(scope="module")
+def small_world():
+    world = CTRWorld(seed=0, n_users=200, n_items=100)
+    schema = world.schema()
+    return schema, [TensorData.from_frame(d, schema) for d in split_by_time(world.sample(5000, seed=0))]
+
+
+def test_run_arm_is_reproducible_and_records_why_runs_stopped(small_world):
+    schema, (train, valid, test) = small_world
+    cfg = TrainConfig(epochs=2, batch_size=512, patience=5, progress=False)
+    arm = run_arm("LR", lambda: LogisticRegression(schema), train, valid, test, cfg, seeds=[0, 1])
+    again = run_arm("LR", lambda: LogisticRegression(schema), train, valid, test, cfg, seeds=[0, 1])
+    assert arm.values("auc").tolist() == again.values("auc").tolist()
+    assert arm.stop_reasons() == ["epoch cap", "epoch cap"]   # patience 5 > 2 epochs: the cap stopped them
+    deep = run_arm("DeepFM", lambda: DeepFM(schema, 4, (16,)), train, valid, test,
+                   TrainConfig(epochs=50, batch_size=512, patience=1, lr=3e-2, progress=False), seeds=[0, 1])
+    assert deep.stop_reasons() == ["early stopping", "early stopping"]
+    e = compare(arm, deep, n_boot=50)
+    assert e["stopped_by"] == {"LR": arm.stop_reasons(), "DeepFM": deep.stop_reasons()}
+    with pytest.raises(ValueError, match="seeds is empty"):
+        run_arm("LR", lambda: LogisticRegression(schema), train, valid, test, cfg, seeds=[])
+
+
+def test_claims_check_reports_each_protocol_breach():
+    import claims as claims_check  # tools/claims.py
+
+    ev = {"delta": 0.01, "ci": [0.004, 0.016], "seeds": [0, 1, 2], "n_test": 5000,
+          "stopped_by": {"A": ["early stopping"] * 3, "B": ["early stopping"] * 3}}
+    good = claim("B beats A.", ev, "auc", ("A", "B"))
+    assert claims_check.problems("ch", {"quick": False, "claims": [good]}) == []
+    assert claims_check.problems("ch", {"quick": False, "claims": []}) == ["ch: no claims recorded"]
+    wrong = good | {"verdict": NOT_REPRODUCED}
+    assert "the rule gives 'reproduced'" in claims_check.problems("ch", {"claims": [wrong]})[0]
+    one_seed = claim("B beats A.", ev | {"seeds": [0]}, "auc", ("A", "B"))
+    assert "1 seed(s)" in claims_check.problems("ch", {"quick": False, "claims": [one_seed]})[0]
+    assert claims_check.problems("ch", {"quick": True, "claims": [one_seed]}) == []   # QUICK may use 1 seed
+    capped = claim("B beats A.", ev | {"stopped_by": {"A": ["epoch cap"], "B": ["early stopping"]}}, "auc", ("A", "B"))
+    assert "not all by early stopping" in claims_check.problems("ch", {"quick": False, "claims": [capped]})[0]
+    side = claim("B beats A.", ev | {"seeds": [0]}, "auc", ("A", "B"), headline=False)
+    assert claims_check.problems("ch", {"quick": False, "claims": [side]}) == []
