@@ -14,30 +14,26 @@ Datasets (each arm gets identical inputs; only ``embedding_update`` / ``embeddin
   where the two L2 forms differ most (``--datasets bars`` to add it).
 
 For each dataset: test AUC per seed and arm, mean and sd over seeds, and the sparse - dense
-difference with two 95% intervals: the paired bootstrap over test rows of the seed-mean difference
-(test-set sampling noise; both arms scored on the same resampled rows) and the t interval of the
-per-seed paired differences (seed noise). "within noise" = both intervals contain 0.
+difference with the claims protocol's 95% interval (``ctrlib.experiment.compare``: paired bootstrap
+over test rows combined with the seed spread). "within noise" = the interval contains 0.
 
     .venv/bin/python benchmarks/bench_sparse_quality.py --seeds 0 1 2 --out _build/bench/sparse_quality.json
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import statistics
 import sys
-import time
 
-import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 
-from ctrlib import TrainConfig, fit, predict, seed_everything
-from ctrlib import metrics as M
+from ctrlib import TrainConfig
 from ctrlib.data import (Categorical, CTRWorld, Schema, TensorData, encode_columns, load_movielens_100k,
                          split_by_time)
+from ctrlib.experiment import compare, run_arm
 from ctrlib.models import DeepFM
 
 ARMS = {"sparse": {"embedding_update": "sparse", "embedding_l2_rows": "batch"},
@@ -85,58 +81,31 @@ def setups(names, world_rows):
                         patience=2)
 
 
-def intervals(y: np.ndarray, preds: dict, seeds, n_boot: int, rng) -> dict:
-    """The sparse - dense test-AUC difference: per-seed values, the paired bootstrap over test rows of
-    the seed-mean difference, and the t interval over seeds."""
-    diffs = [M.auc(y, preds["sparse", s]) - M.auc(y, preds["dense", s]) for s in seeds]
-    boot = []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        boot.append(np.mean([M.auc(y[i], preds["sparse", s][i]) - M.auc(y[i], preds["dense", s][i]) for s in seeds]))
-    mean = float(np.mean(diffs))
-    half = float(stats.t.ppf(0.975, len(seeds) - 1) * np.std(diffs, ddof=1) / np.sqrt(len(seeds)))
-    return {"diffs": [round(d, 5) for d in diffs], "mean_diff": round(mean, 5),
-            "bootstrap_95": [round(float(np.quantile(boot, q)), 5) for q in (0.025, 0.975)],
-            "seed_t_95": [round(mean - half, 5), round(mean + half, 5)]}
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["world", "movielens"], choices=["world", "world_no_l2", "movielens", "bars"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--world-rows", type=int, default=300_000)
-    p.add_argument("--boot", type=int, default=500)
+    p.add_argument("--boot", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     report = {}
     for name, (train, valid, test), build, cfg in setups(args.datasets, args.world_rows):
-        runs, preds = [], {}
-        y = test["label"].numpy()
-        for seed in args.seeds:
-            for arm, how in (ARMS.items() if seed % 2 == 0 else reversed(ARMS.items())):
-                seed_everything(seed)
-                model = build()
-                start = time.perf_counter()
-                result = fit(model, train, valid, cfg, seed=seed, progress=False, **how)
-                preds[arm, seed] = predict(model, test)
-                m = M.compute(y, preds[arm, seed], None, ("auc", "logloss"))
-                runs.append({"arm": arm, "seed": seed, "test_auc": round(m["auc"], 5),
-                             "test_logloss": round(m["logloss"], 5), "epochs_run": len(result.history),
-                             "best_epoch": result.best_epoch, "train_seconds": round(result.train_seconds, 1),
-                             "wall_seconds": round(time.perf_counter() - start, 1)})
-                print(name, runs[-1], file=sys.stderr)
-        summary = {arm: {"mean_auc": round(statistics.mean(r["test_auc"] for r in runs if r["arm"] == arm), 5),
-                         "sd_auc": round(statistics.stdev(r["test_auc"] for r in runs if r["arm"] == arm), 5),
-                         "median_train_seconds": statistics.median(r["train_seconds"] for r in runs if r["arm"] == arm)}
-                   for arm in ARMS}
-        diff = intervals(y, preds, args.seeds, args.boot, np.random.default_rng(0))
-        diff["within_noise"] = bool(diff["bootstrap_95"][0] <= 0 <= diff["bootstrap_95"][1]
-                                    and diff["seed_t_95"][0] <= 0 <= diff["seed_t_95"][1])
-        report[name] = {"runs": runs, "summary": summary, "sparse_minus_dense": diff,
-                        "n_train": len(train), "n_test": len(test), "config": {k: v for k, v in vars(cfg).items()}}
-        print(json.dumps({name: {"summary": summary, "sparse_minus_dense": diff}}), file=sys.stderr)
+        arms = {arm: run_arm(arm, build, train, valid, test, dataclasses.replace(cfg, progress=False, **how),
+                             args.seeds)
+                for arm, how in ARMS.items()}
+        runs = [{"arm": arm, "seed": r.seed, "test_auc": round(r.metrics["auc"], 5),
+                 "test_logloss": round(r.metrics["logloss"], 5), "epochs_run": len(r.fit.history),
+                 "best_epoch": r.fit.best_epoch, "stopped_by": r.stop_reason,
+                 "train_seconds": round(r.fit.train_seconds, 1)} for arm, a in arms.items() for r in a.runs]
+        evidence = compare(arms["dense"], arms["sparse"], "auc", n_boot=args.boot)  # delta = sparse - dense
+        evidence["within_noise"] = bool(evidence["ci"][0] <= 0 <= evidence["ci"][1])
+        report[name] = {"runs": runs, "sparse_minus_dense": evidence, "n_train": len(train), "n_test": len(test),
+                        "config": {k: v for k, v in vars(cfg).items()}}
+        print(json.dumps({name: {k: evidence[k] for k in ("delta", "ci", "per_seed", "a", "b", "within_noise")}}),
+              file=sys.stderr)
     report["machine"] = {"threads": args.threads, "torch": torch.__version__, "loadavg_1min": os.getloadavg()[0]}
     text = json.dumps(report, indent=1)
     print(text)

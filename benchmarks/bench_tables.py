@@ -52,6 +52,7 @@ def parse_args():
     p.add_argument("--peers-python", default=os.path.join(HERE, "peers", ".venv-peers", "bin", "python"),
                    help="the peers' venv python ('' to leave the peers out)")
     p.add_argument("--out", default=None, help="append one JSON line per run here")
+    p.add_argument("--table", default=None, metavar="JSONL", help="only print the table of the runs in JSONL")
     p.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)  # one run, in this process
     p.add_argument("--table-rows", type=int, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -201,7 +202,8 @@ def drive(args) -> None:
 
 
 def table(results: list[dict]) -> str:
-    """The markdown table of medians (throughput, peak memory) per rows x arm, with the ratios."""
+    """The markdown table of medians over repetitions (throughput, peak memory) per rows x arm, the
+    ratios of those medians, and the number of runs behind each cell."""
     arms = list(dict.fromkeys(r["arm"] for r in results))
     rows = sorted({r["table_rows"] for r in results})
     med = {(v, a): (statistics.median(r["samples_per_s"] for r in results if r["table_rows"] == v and r["arm"] == a),
@@ -209,26 +211,32 @@ def table(results: list[dict]) -> str:
            for v in rows for a in arms if any(r["table_rows"] == v and r["arm"] == a for r in results)}
     peers = [a for a in arms if not a.startswith("ctrlib")]
     head = ["rows of the big table", *(f"{a} samples/s" for a in arms), "sparse / dense", "sparse / own 10^4",
-            *(["sparse / faster peer"] if peers else []), *(f"{a} peak MB" for a in arms), "load (1 min)"]
+            *(["sparse / faster peer"] if peers else []), *(f"{a} peak MB" for a in arms), "load (1 min)",
+            "runs per arm"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = med.get((rows[0], "ctrlib-sparse"), (float("nan"),))[0]
     for v in rows:
         rate = {a: med[v, a][0] for a in arms if (v, a) in med}
         cells = [f"{v:,}"] + [f"{rate[a]:,.0f}" if a in rate else "" for a in arms]
         s, d = rate.get("ctrlib-sparse", float("nan")), rate.get("ctrlib-dense", float("nan"))
-        cells += [f"{s / d:.2f}", f"{s / base:.2f}"]
+        cells += [f"{s / d:.2f}" if d > 0 else "", f"{s / base:.2f}"]
         if peers:
-            cells.append(f"{s / max(rate.get(a, 0.0) for a in peers):.2f}")
+            fastest = max(rate.get(a, float("nan")) for a in peers)
+            cells.append(f"{s / fastest:.2f}" if fastest > 0 else "")
         cells += [f"{med[v, a][1]:,.0f}" if (v, a) in med else "" for a in arms]
         loads = [r["loadavg_1min"] for r in results if r["table_rows"] == v]
         cells.append(f"{min(loads):.1f}-{max(loads):.1f}")
+        cells.append(str(min(sum(r["table_rows"] == v and r["arm"] == a for r in results) for a in arms)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main():
     args = parse_args()
-    if args.worker:
+    if args.table:
+        with open(args.table) as f:
+            print(table([json.loads(line) for line in f if line.strip()]))
+    elif args.worker:
         worker(args)
     else:
         drive(args)
