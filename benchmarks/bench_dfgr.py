@@ -92,7 +92,7 @@ def main():
         for mode in ("metagr", "dfgr"):
             model = make_model(mode, world, n, args.dim, args.blocks)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            fns[mode] = (lambda model=model, opt=opt: one_epoch(model, opt, seqs, batch))
+            fns[mode] = (lambda model=model, opt=opt, seqs=seqs: one_epoch(model, opt, seqs, batch))
             row[f"{mode}_attn_mflops"] = args.blocks * users * attention_flops(n, args.dim, mode) / 1e6
         for mode, sec in alternate(fns, repeats).items():
             row[f"{mode}_s"] = sec
@@ -134,12 +134,14 @@ def main():
         args.out.write_text(json.dumps(result, indent=2))
     print("\n| N | MetaGR s/epoch | DFGR s/epoch | time ratio | attention FLOPs ratio |\n|---|---|---|---|---|")
     for r in train:
-        print(f"| {r['N']} | {r['metagr_s']:.3f} | {r['dfgr_s']:.3f} | {r['time_ratio']:.2f} | {r['flops_ratio']:.2f} |")
+        print(f"| {r['N']} | {r['metagr_s']:.3f} | {r['dfgr_s']:.3f} | {r['time_ratio']:.2f} "
+              f"| {r['flops_ratio']:.2f} |")
     print(f"\n| candidates (history {history}) | MetaGR ms | DFGR ms | latency ratio | attention FLOPs ratio |"
           "\n|---|---|---|---|---|")
     for r in infer:
         fr = r["dfgr_attn_mflops"] / r["metagr_attn_mflops"]
-        print(f"| {r['candidates']} | {r['metagr_ms']:.1f} | {r['dfgr_ms']:.1f} | {r['latency_ratio']:.2f} | {fr:.2f} |")
+        print(f"| {r['candidates']} | {r['metagr_ms']:.1f} | {r['dfgr_ms']:.1f} | {r['latency_ratio']:.2f} "
+              f"| {fr:.2f} |")
     print(f"\nacceptance: DFGR/MetaGR training time at N={longest['N']}: {longest['time_ratio']:.2f} "
           f"({'<=' if longest['time_ratio'] <= 0.6 else '>'} 0.6)")
     return result

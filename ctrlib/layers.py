@@ -14,13 +14,15 @@ from ctrlib.data.schema import Schema
 _SPARSE_GRAD_TABLES: set[int] = set()
 
 
-def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Rows ``ids`` (any shape) of a table ``weight [V, D]``: ``[*ids.shape, D]``, the numbers of ``F.embedding``.
+def lookup_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` (any shape) of an embedding table ``weight [V, D]``: ``[*ids.shape, D]``, the numbers
+    of ``F.embedding``. Every embedding table (:class:`FeatureEmbedding`, :class:`EmbeddingTable`) looks
+    its rows up here.
 
-    Every embedding lookup goes through here. Inside ``sparse_row_gradients(tables)`` the gradient a
-    table gets is a sparse COO tensor holding only the looked-up rows (``F.embedding(sparse=True)``:
-    O(B D) whatever the table's size); elsewhere it is ``index_select``, whose dense backward (an
-    ``index_add`` into a zero ``[V, D]`` table) is 2-15x faster on CPU than ``F.embedding``'s."""
+    Inside ``sparse_row_gradients(tables)`` the gradient a table gets is a sparse COO tensor holding
+    only the looked-up rows (``F.embedding(sparse=True)``: O(B D) whatever the table's size);
+    elsewhere it is ``index_select``, whose dense backward (an ``index_add`` into a zero ``[V, D]``
+    table) is 2-15x faster on CPU than ``F.embedding``'s."""
     flat = ids.reshape(-1)
     if id(weight) in _SPARSE_GRAD_TABLES and torch.is_grad_enabled():
         out = F.embedding(flat, weight, sparse=True)
@@ -31,13 +33,41 @@ def gather_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 @contextlib.contextmanager
 def sparse_row_gradients(tables):
-    """Inside this block, lookups of ``tables`` (through :func:`gather_rows`) give sparse row gradients."""
+    """Inside this block, lookups of ``tables`` (through :func:`lookup_rows`) give sparse row gradients."""
     added = [id(t) for t in tables if id(t) not in _SPARSE_GRAD_TABLES]
     _SPARSE_GRAD_TABLES.update(added)
     try:
         yield
     finally:
         _SPARSE_GRAD_TABLES.difference_update(added)
+
+
+class EmbeddingTable(nn.Module):
+    """A plain embedding table (an ``nn.Embedding`` replacement) that :func:`ctrlib.train.fit` knows is
+    one: it gets ``embedding_l2`` and no weight decay, like :class:`FeatureEmbedding`. For tables not
+    indexed by a schema feature (time buckets, a condition id, the generative rankers' tokens).
+
+    Same initialisation as ``nn.Embedding`` (N(0, 1), the ``padding_idx`` row zero) and the same
+    ``padding_idx`` semantics: the padding row's value is returned but gets no gradient from lookups."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        nn.init.normal_(self.weight)
+        if padding_idx is not None:
+            with torch.no_grad():
+                self.weight[padding_idx].fill_(0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = lookup_rows(self.weight, ids)  # [*ids.shape, D]
+        if self.padding_idx is None:
+            return rows
+        return torch.where((ids == self.padding_idx).unsqueeze(-1), rows.detach(), rows)
+
+    def extra_repr(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
 
 class FeatureEmbedding(nn.Module):
@@ -76,8 +106,8 @@ class FeatureEmbedding(nn.Module):
         return self.rows(ids + self.table_offsets[self.schema[feature].table])
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]`` (see :func:`gather_rows`)."""
-        return gather_rows(self.weight, ids)
+        """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]`` (see :func:`lookup_rows`)."""
+        return lookup_rows(self.weight, ids)
 
     def sequence(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A sequence feature's embeddings ``[B, L, D]`` (zero at padding) and its mask ``[B, L]``."""
@@ -94,9 +124,7 @@ class FeatureEmbedding(nn.Module):
             values = torch.cat([batch[n].reshape(len(batch[n]), -1) for n in self.numeric], dim=1)  # [B, Fn]
             parts.append(values.unsqueeze(-1) * self.numeric_weight)  # [B, Fn, D]
         for name in self.sequences:
-            emb, mask = self.sequence(batch, name)
-            pooled = emb.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # mean over real positions
-            parts.append(pooled.unsqueeze(1))  # [B, 1, D]
+            parts.append(masked_mean(*self.sequence(batch, name)).unsqueeze(1))  # [B, 1, D]
         return torch.cat(parts, dim=1)
 
 
@@ -311,9 +339,8 @@ def attention_pooling(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor
 
 
 def masked_mean(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the real positions (zero for an empty history): ``[B, L, D] -> [B, D]``."""
-    m = mask.to(keys.dtype)
-    return torch.einsum("bl,bld->bd", m, keys) / m.sum(1, keepdim=True).clamp(min=1)
+    """Mean over the real positions (zero for an empty history): ``[B, L, D], [B, L] -> [B, D]``."""
+    return (keys * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -355,3 +382,61 @@ class TargetAttention(nn.Module):
         w = masked_softmax(scores, mask.unsqueeze(1))                   # [B, H, L]
         out = torch.einsum("bhl,blhd->bhd", w, v).reshape(B, self.dim)  # [B, dim]
         return self.o(out), w
+
+
+def behaviour_pairs(schema: Schema, pairs=None) -> list[tuple[str, str]]:
+    """(candidate feature, history sequence) pairs: given, or every sequence whose embedding table
+    is shared with a categorical feature. All paired sequences must have the same length."""
+    if pairs is None:
+        by_table = {f.table: f.name for f in schema.categorical}
+        pairs = [(by_table[s.table], s.name) for s in schema.sequences if s.table in by_table]
+    pairs = [tuple(p) for p in pairs]
+    if not pairs:
+        raise ValueError("no behaviour sequence shares an embedding table with a candidate feature; "
+                         "declare Sequence(..., embedding='item_id') or pass pairs")
+    lengths = {schema[s].max_len for _, s in pairs}
+    if len(lengths) > 1:
+        raise ValueError(f"paired sequences must have one length, got {lengths}")
+    return pairs
+
+
+class BehaviourEmbedding(nn.Module):
+    """The embeddings a behaviour model (DIN, DIEN) reads, from ONE table (a candidate and its history
+    share rows): the other fields ``[B, F, D]`` (candidate, profile, context; unpaired sequences
+    mean-pooled), the candidate query ``[B, P*D]``, the history keys ``[B, L, P*D]`` (zero at
+    padding) and the history mask ``[B, L]``. ``pairs``: see :func:`behaviour_pairs`."""
+
+    def __init__(self, schema: Schema, dim: int, pairs=None, init_std: float = 1e-4):
+        super().__init__()
+        self.pairs = behaviour_pairs(schema, pairs)
+        paired = {s for _, s in self.pairs}
+        self.table = FeatureEmbedding(schema, dim, init_std, pool_sequences=False)
+        self.unpaired = [s.name for s in schema.sequences if s.name not in paired]
+        self.width = len(self.pairs) * dim
+
+    @property
+    def num_fields(self) -> int:
+        return self.table.num_fields + len(self.unpaired)
+
+    def forward(self, batch):
+        fields = self.table(batch)                                                               # [B, F, D]
+        if self.unpaired:
+            pooled = [masked_mean(*self.table.sequence(batch, s)).unsqueeze(1) for s in self.unpaired]
+            fields = torch.cat([fields, *pooled], dim=1)
+        query = torch.cat([self.table.lookup(t, batch[t]) for t, _ in self.pairs], dim=-1)       # [B, P*D]
+        seqs = [self.table.sequence(batch, s) for _, s in self.pairs]
+        keys = torch.cat([e for e, _ in seqs], dim=-1)                                           # [B, L, P*D]
+        return fields, query, keys, seqs[0][1]
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """``with eval_mode(model): ...`` runs the block in eval mode (dropout off, BatchNorm and Dice on
+    their running statistics) and then gives every submodule back the mode it had."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training

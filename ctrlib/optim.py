@@ -36,7 +36,7 @@ def prepare_table_grads(tables, l2: float = 0.0, dense: bool = False) -> float:
 
     and, with ``dense=True``, scattered into a full-table gradient (for dense Adam). Returns the
     penalty's value (for the reported loss). A table whose gradient is already dense (a lookup
-    outside :func:`ctrlib.layers.gather_rows`) counts as touched everywhere."""
+    outside :func:`ctrlib.layers.lookup_rows`) counts as touched everywhere."""
     penalty = 0.0
     for table in tables:
         grad = table.grad

@@ -29,7 +29,7 @@ from torch import nn
 
 from ctrlib import metrics as M
 from ctrlib.data.tensors import TensorData
-from ctrlib.layers import FeatureEmbedding, sparse_row_gradients
+from ctrlib.layers import EmbeddingTable, FeatureEmbedding, eval_mode, sparse_row_gradients
 from ctrlib.optim import LazyAdam, clip_grad_norm, prepare_table_grads
 
 
@@ -87,7 +87,8 @@ def _as_logits(output, labels: tuple[str, ...]) -> tuple[dict[str, torch.Tensor]
 
 
 def _embedding_tables(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, FeatureEmbedding)]
+    """Every embedding table of ``model``: the weights of its FeatureEmbedding and EmbeddingTable layers."""
+    return [m.weight for m in model.modules() if isinstance(m, (FeatureEmbedding, EmbeddingTable))]
 
 
 def _native_bf16() -> bool:
@@ -209,14 +210,12 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
 def predict(model: nn.Module, data: TensorData, batch_size: int = 16_384) -> np.ndarray | dict[str, np.ndarray]:
     """Click probabilities: an array for one task, a dict of arrays for several."""
     labels = _label_names(model)
-    was_training = model.training
-    model.eval()
     chunks: dict[str, list] = {}
-    for batch in data.batches(batch_size):
-        logits, _ = _as_logits(model(batch), labels)
-        for k, z in logits.items():
-            chunks.setdefault(k, []).append(torch.sigmoid(z.float()).numpy())
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in data.batches(batch_size):
+            logits, _ = _as_logits(model(batch), labels)
+            for k, z in logits.items():
+                chunks.setdefault(k, []).append(torch.sigmoid(z.float()).numpy())
     out = {k: np.concatenate(v) for k, v in chunks.items()}
     return out[labels[0]] if len(out) == 1 else out
 

@@ -48,7 +48,7 @@ def test_hstu_block_matches_naive_loop(attention):
             t_next = t[b, i + 1] if i + 1 < N else t[b, i]
             av = []
             for h in range(H):
-                def proj(pos):
+                def proj(pos, b=b, h=h):
                     z = F.silu(F.layer_norm(x[b, pos], (D,), eps=LN_EPS) @ W)
                     u, v, q, k = torch.split(z, [H * dv, H * dv, H * dq, H * dq])
                     return u, v[h * dv:(h + 1) * dv], q[h * dq:(h + 1) * dq], k[h * dq:(h + 1) * dq]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -130,7 +130,8 @@ def _bands_03_user_behaviour(res):
         assert r["auc"] > 0.58, f"{name} barely learns: AUC {r['auc']:.4f}"
         assert r["gauc"] <= oracle["gauc"] + 0.005, f"{name}: GAUC {r['gauc']:.4f} above the oracle's"
     assert m["DIN"]["auc"] > m["mean pooling"]["auc"], (m["DIN"], m["mean pooling"])  # QUICK margin ~0.05
-    assert set(res["attention"]) == {"mean_weight_match", "mean_weight_other"}  # weights are learned late: no order in QUICK
+    # the weights are learned late: no order between them in QUICK
+    assert set(res["attention"]) == {"mean_weight_match", "mean_weight_other"}
     for name, r in res["movielens"].items():
         assert 0.55 < r["auc"] < 0.95 and r["logloss"] < 0.75, f"MovieLens {name}: {r}"
 

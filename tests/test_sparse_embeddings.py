@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ctrlib import fit
 from ctrlib.data import Categorical, Schema, TensorData
-from ctrlib.layers import FeatureEmbedding, gather_rows, sparse_row_gradients
+from ctrlib.layers import FeatureEmbedding, lookup_rows, sparse_row_gradients
 from ctrlib.models import DeepFM
 from ctrlib.optim import LazyAdam, clip_grad_norm, prepare_table_grads, sum_duplicate_rows
 from ctrlib.train import _embedding_tables
@@ -24,7 +24,7 @@ def _step(table, optimizer, ids, target, sparse: bool, l2: float = 0.0, sparse_l
     """One step on  mean((E[ids] . 1 - target)^2)  + the batch-rows L2; ``sparse=False``: the row
     gradient is scattered into a dense one for dense Adam."""
     with sparse_row_gradients([table] if sparse_lookup else []):
-        rows = gather_rows(table, ids)  # [N, D]
+        rows = lookup_rows(table, ids)  # [N, D]
     loss = (rows.sum(-1) - target).pow(2).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -32,21 +32,21 @@ def _step(table, optimizer, ids, target, sparse: bool, l2: float = 0.0, sparse_l
     optimizer.step()
 
 
-def test_gather_rows_gives_sparse_gradients_only_inside_the_context():
+def test_lookup_rows_gives_sparse_gradients_only_inside_the_context():
     table = _table()
     ids = torch.tensor([[3, 1], [3, 7]])
-    out = gather_rows(table, ids)
+    out = lookup_rows(table, ids)
     torch.testing.assert_close(out, F.embedding(ids, table), rtol=0, atol=0)
     out.sum().backward()
     assert not table.grad.is_sparse
     dense_grad, table.grad = table.grad, None
     with sparse_row_gradients([table]):
-        out = gather_rows(table, ids)
+        out = lookup_rows(table, ids)
     out.sum().backward()  # the gradient's form is fixed when the lookup runs, not at backward
     assert table.grad.is_sparse
     torch.testing.assert_close(table.grad.to_dense(), dense_grad, rtol=0, atol=0)
     with torch.no_grad(), sparse_row_gradients([table]):
-        assert not gather_rows(table, ids).requires_grad
+        assert not lookup_rows(table, ids).requires_grad
 
 
 def test_sum_duplicate_rows_is_coalesce():
@@ -146,7 +146,7 @@ def test_batch_rows_l2_penalises_exactly_the_touched_rows():
     table = _table()
     ids = torch.tensor([4, 4, 0, 9])
     with sparse_row_gradients([table]):
-        gather_rows(table, ids).sum().backward()
+        lookup_rows(table, ids).sum().backward()
     penalty = prepare_table_grads([table], l2=0.2)
     touched = torch.tensor([0, 4, 9])
     expected = 0.1 * table.detach()[touched].pow(2).sum()
@@ -193,7 +193,7 @@ def test_clip_grad_norm_matches_torch_on_dense_and_sparse_gradients():
     for sparse in (False, True):
         w.grad = torch.randn(3, 5, generator=torch.Generator().manual_seed(2)) * 10
         with sparse_row_gradients([t] if sparse else []):
-            out = gather_rows(t, torch.tensor([1, 1, 7]))
+            out = lookup_rows(t, torch.tensor([1, 1, 7]))
         t.grad = None
         (out.pow(2).sum() * 10).backward()
         prepare_table_grads([t])
@@ -204,7 +204,7 @@ def test_clip_grad_norm_matches_torch_on_dense_and_sparse_gradients():
             clipped_dense = (w.grad.clone(), t.grad.clone())
             w.grad = torch.randn(3, 5, generator=torch.Generator().manual_seed(2)) * 10
             t.grad = None
-            (gather_rows(t, torch.tensor([1, 1, 7])).pow(2).sum() * 10).backward()
+            (lookup_rows(t, torch.tensor([1, 1, 7])).pow(2).sum() * 10).backward()
             assert ours == torch.nn.utils.clip_grad_norm_([w, t], 1.0)
             torch.testing.assert_close((w.grad, t.grad), clipped_dense, rtol=0, atol=0)
     torch.testing.assert_close(clipped_sparse, clipped_dense)

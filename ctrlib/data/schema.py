@@ -102,11 +102,11 @@ class Schema:
                 return f
         raise KeyError(f"unknown feature {name!r}; the schema has {[f.name for f in self.features]}")
 
-    def select(self, *names: str) -> "Schema":
+    def select(self, *names: str) -> Schema:
         """A schema with only the named features (same labels and extras)."""
         return Schema(tuple(self[n] for n in names), self.labels, self.extras)
 
-    def drop(self, *names: str) -> "Schema":
+    def drop(self, *names: str) -> Schema:
         for n in names:
             self[n]  # raises a clear KeyError on a typo
         return Schema(tuple(f for f in self.features if f.name not in names), self.labels, self.extras)

@@ -24,7 +24,7 @@ class TensorData:
         self.tensors = tensors
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame, schema: Schema, extras: tuple[str, ...] = ()) -> "TensorData":
+    def from_frame(cls, df: pd.DataFrame, schema: Schema, extras: tuple[str, ...] = ()) -> TensorData:
         """Tensors for every schema column of ``df`` (sequence columns hold equal-length arrays)."""
         wanted = schema.columns + [c for c in extras if c not in schema.columns]
         missing = [c for c in wanted if c not in df.columns]
@@ -64,7 +64,7 @@ class TensorData:
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.tensors[key]
 
-    def subset(self, index) -> "TensorData":
+    def subset(self, index) -> TensorData:
         index = torch.as_tensor(index)
         return TensorData({k: v[index] for k, v in self.tensors.items()})
 

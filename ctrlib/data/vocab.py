@@ -16,7 +16,7 @@ class Vocab:
     values: tuple  # the known values, in id order (id = position + 1)
 
     @classmethod
-    def fit(cls, values, min_count: int = 1) -> "Vocab":
+    def fit(cls, values, min_count: int = 1) -> Vocab:
         """Keep values seen at least ``min_count`` times, most frequent first (ties by value)."""
         counts = pd.Series(values).value_counts(dropna=True)
         counts = counts[counts >= min_count]

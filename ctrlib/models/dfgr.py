@@ -33,7 +33,7 @@ from torch import nn
 from ctrlib import metrics as M
 from ctrlib.data.schema import Categorical, Schema, Sequence
 from ctrlib.data.tensors import TensorData
-from ctrlib.layers import MLP
+from ctrlib.layers import MLP, EmbeddingTable
 from ctrlib.models.hstu import HSTUBlock, LN_EPS, causal_mask, next_timestamps
 from ctrlib.train import TrainConfig, fit
 
@@ -94,9 +94,9 @@ class GenerativeRanker(nn.Module):
             raise ValueError("leak is a DFGR ablation")
         self.mode, self.leak, self.dim, self.max_events = mode, leak, dim, max_events
         self.placeholder = n_actions + 1  # action ids: 0 pad, 1..A real actions, A+1 placeholder
-        self.item_emb = nn.Embedding(n_items, dim, padding_idx=0)
-        self.attr_emb = nn.Embedding(n_attrs, dim, padding_idx=0)
-        self.action_emb = nn.Embedding(n_actions + 2, dim, padding_idx=0)
+        self.item_emb = EmbeddingTable(n_items, dim, padding_idx=0)
+        self.attr_emb = EmbeddingTable(n_attrs, dim, padding_idx=0)
+        self.action_emb = EmbeddingTable(n_actions + 2, dim, padding_idx=0)
         for e in (self.item_emb, self.attr_emb, self.action_emb):
             nn.init.normal_(e.weight, 0, 0.02)
         # + 1: candidates sit one position after the history (padded length n in eq. 2).
@@ -206,7 +206,8 @@ class GenerativeRanker(nn.Module):
         hist = torch.stack([c, self.action_emb(actions)], dim=2).reshape(B, 2 * n, self.dim)
         x = torch.cat([hist, self._content(ci, ca)], dim=1)  # [B, 2n + m, D]
         tt = torch.cat([t.repeat_interleave(2, dim=1), ct], dim=1)
-        q_time = torch.cat([next_timestamps(torch.cat([t.repeat_interleave(2, dim=1), ct[:, :1]], 1))[:, :2 * n], ct], 1)
+        q_time = torch.cat([next_timestamps(torch.cat([t.repeat_interleave(2, dim=1), ct[:, :1]], 1))[:, :2 * n], ct],
+                           1)
         ok = torch.cat([valid.repeat_interleave(2, dim=1), torch.ones(B, m, dtype=torch.bool, device=dev)], dim=1)
         T = 2 * n + m
         mask = causal_mask(T, dev)

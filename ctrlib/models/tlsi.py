@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrlib.data.schema import Schema
-from ctrlib.layers import MLP, ActivationUnit, FeatureEmbedding, masked_softmax
+from ctrlib.layers import MLP, ActivationUnit, EmbeddingTable, FeatureEmbedding, masked_softmax
 
 SECONDS_PER_HOUR, SECONDS_PER_DAY = 3600, 86_400
 
@@ -75,9 +75,9 @@ class TimeEncoder(nn.Module):
         if dim % 2:
             raise ValueError(f"dim must be even (hour and weekday halves), got {dim}")
         self.dim, self.periodic, self.time_point, self.n_buckets = dim, periodic, time_point, n_buckets
-        self.hour = nn.Embedding(24, dim // 2)
-        self.weekday = nn.Embedding(7, dim // 2)
-        self.gap = nn.Embedding(n_buckets, dim)
+        self.hour = EmbeddingTable(24, dim // 2)
+        self.weekday = EmbeddingTable(7, dim // 2)
+        self.gap = EmbeddingTable(n_buckets, dim)
         nn.init.normal_(self.gap.weight, std=0.1)
         with torch.no_grad():  # our choice: start the clock codes as Fourier features (near hours alike)
             self.hour.weight.copy_(fourier_table(24, dim // 2))
