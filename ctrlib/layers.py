@@ -92,6 +92,8 @@ class FeatureEmbedding(nn.Module):
         self.categorical = [f.name for f in schema.categorical]
         self.register_buffer("cat_offsets", torch.tensor(
             [self.table_offsets[f.table] for f in schema.categorical], dtype=torch.long), persistent=False)
+        self.register_buffer("cat_sizes", torch.tensor(
+            [f.vocab_size for f in schema.categorical], dtype=torch.long), persistent=False)
         self.numeric = [f.name for f in schema.numeric]
         n_numeric = sum(f.dim for f in schema.numeric)
         self.numeric_weight = nn.Parameter(torch.randn(n_numeric, dim) * init_std) if n_numeric else None
@@ -103,11 +105,45 @@ class FeatureEmbedding(nn.Module):
 
     def lookup(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
         """Embeddings of ``ids`` (any shape) in ``feature``'s table: ``[*ids.shape, D]``."""
-        return self.rows(ids + self.table_offsets[self.schema[feature].table])
+        f = self.schema[feature]
+        self.check_ids((feature,), ids.reshape(-1, 1), f.vocab_size)
+        return self.rows(ids + self.table_offsets[f.table])
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]`` (see :func:`lookup_rows`)."""
         return lookup_rows(self.weight, ids)
+
+    def check_ids(self, names, ids: torch.Tensor, sizes) -> None:
+        """Every id in ``[0, vocab_size)`` of its own feature, so it can never reach another table's
+        rows. ``ids`` ``[N, len(names)]``, ``sizes`` an int or ``[len(names)]``. Two passes over the
+        ids and one sync per call (cost: benchmarks/bench_id_bounds.py)."""
+        if ids.numel() and bool((ids.min() < 0) | (ids >= sizes).any()):
+            bad = (ids < 0) | (ids >= sizes)  # [N, F]
+            j = int(bad.any(0).nonzero()[0])
+            raise IndexError(
+                f"feature {names[j]!r} has {int(bad[:, j].sum())} ids outside this model's vocabulary "
+                f"[0, {int(torch.as_tensor(sizes).expand(len(names))[j])}), e.g. {ids[bad[:, j], j][:5].tolist()}: "
+                f"they would read another feature's embedding rows. Build the data and the model from the "
+                f"same schema (the data's vocab_size is larger than the model's)")
+
+    def get_extra_state(self) -> dict:
+        """The table layout (name: rows, in row order), saved in the state dict and checked on loading."""
+        return {"tables": dict(self.schema.tables)}
+
+    def set_extra_state(self, state: dict) -> None:
+        pass  # checked before any weight is copied, in _load_from_state_dict
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "_extra_state")
+        if saved is not None and list(saved["tables"].items()) != list(self.schema.tables.items()):
+            saved, mine = dict(saved["tables"]), dict(self.schema.tables)
+            diff = [f"{t!r}: saved {saved.get(t, 'absent')}, this model {mine.get(t, 'absent')}"
+                    for t in dict.fromkeys([*saved, *mine]) if saved.get(t) != mine.get(t)] or \
+                [f"the same tables in another order: saved {list(saved)}, this model {list(mine)}"]
+            raise ValueError(f"{prefix or 'the '}state dict comes from a FeatureEmbedding with another table "
+                             f"layout (table: rows): {'; '.join(diff)}. Its rows would land in other features' "
+                             f"tables; build the model from the schema it was trained with")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def sequence(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A sequence feature's embeddings ``[B, L, D]`` (zero at padding) and its mask ``[B, L]``."""
@@ -118,8 +154,9 @@ class FeatureEmbedding(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
         if self.categorical:
-            ids = torch.stack([batch[n] for n in self.categorical], dim=1) + self.cat_offsets  # [B, Fc]
-            parts.append(self.rows(ids))  # [B, Fc, D]
+            ids = torch.stack([batch[n] for n in self.categorical], dim=1)  # [B, Fc]
+            self.check_ids(self.categorical, ids, self.cat_sizes)
+            parts.append(self.rows(ids + self.cat_offsets))  # [B, Fc, D]
         if self.numeric:
             values = torch.cat([batch[n].reshape(len(batch[n]), -1) for n in self.numeric], dim=1)  # [B, Fn]
             parts.append(values.unsqueeze(-1) * self.numeric_weight)  # [B, Fn, D]

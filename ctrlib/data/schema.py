@@ -9,6 +9,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ctrlib import checks as C
+
+
+def _check_feature(f) -> None:
+    """A feature's name and sizes, checked where it is declared."""
+    kind = type(f).__name__
+    if not isinstance(f.name, str) or not f.name:
+        raise TypeError(f"a {kind} feature needs a non-empty string name, got {f.name!r}")
+    if hasattr(f, "vocab_size"):
+        C.integer(f"{kind}({f.name!r}).vocab_size", f.vocab_size, 1,
+                  hint="it counts every id the feature can hold: padding 0, the known values and OOV "
+                       "(Vocab.size)")
+    if hasattr(f, "max_len"):
+        C.integer(f"Sequence({f.name!r}).max_len", f.max_len, 1)
+    if hasattr(f, "dim"):
+        C.integer(f"Numeric({f.name!r}).dim", f.dim, 1)
+    if getattr(f, "embedding", None) is not None and (not isinstance(f.embedding, str) or not f.embedding):
+        raise TypeError(f"{kind}({f.name!r}).embedding must be a table name (a non-empty string) or None, "
+                        f"got {f.embedding!r}")
+
 
 @dataclass(frozen=True)
 class Categorical:
@@ -17,6 +37,9 @@ class Categorical:
     name: str
     vocab_size: int
     embedding: str | None = None  # table name; defaults to the feature's own name
+
+    def __post_init__(self):
+        _check_feature(self)
 
     @property
     def table(self) -> str:
@@ -30,6 +53,9 @@ class Numeric:
     name: str
     dim: int = 1
 
+    def __post_init__(self):
+        _check_feature(self)
+
 
 @dataclass(frozen=True)
 class Sequence:
@@ -39,6 +65,9 @@ class Sequence:
     vocab_size: int
     max_len: int
     embedding: str | None = None
+
+    def __post_init__(self):
+        _check_feature(self)
 
     @property
     def table(self) -> str:
@@ -57,7 +86,19 @@ class Schema:
     extras: tuple[str, ...] = field(default=())  # carried along (e.g. user_id for GAUC), not fed
 
     def __post_init__(self):
+        for arg in ("features", "labels", "extras"):
+            if isinstance(getattr(self, arg), str):
+                raise TypeError(f"Schema {arg} must be a tuple, got the string {getattr(self, arg)!r}; "
+                                f"write {arg}=({getattr(self, arg)!r},)")
+        odd = [f for f in self.features if not isinstance(f, (Categorical, Numeric, Sequence))]
+        if odd:
+            raise TypeError(f"Schema features must be Categorical, Numeric or Sequence, got {odd[:3]}")
+        if not self.labels:
+            raise ValueError("a Schema needs at least one label column, e.g. labels=('label',)")
         names = [f.name for f in self.features]
+        clash = sorted(set(names) & set(self.labels))
+        if clash:
+            raise ValueError(f"{clash} are declared both as features and as labels: a model must not read its label")
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"feature names must be unique, repeated: {sorted(dup)}")

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from ctrlib import checks as C
 from ctrlib.data.schema import Categorical, Schema
 from ctrlib.data.world.actions import ACTIONS, action_sequences
 from ctrlib.data.world.base import (N_AGE, N_CITY, N_DAYPART, N_DEVICE, N_GENDER, N_PRICE, SECONDS_PER_DAY,
@@ -94,6 +95,38 @@ class WorldConfig:
     time_events: float = 0.0
     request_size: int = 1           # > 1: impressions come in requests (one user, one time, this many items)
     seed: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Impossible knobs fail here, naming the field, instead of later inside numpy."""
+        def field(name, *bounds, **kw):
+            check = C.integer if isinstance(getattr(type(self), name), int) else C.real
+            check(f"WorldConfig.{name}", getattr(self, name), *bounds, **kw)
+
+        for name in ("n_users", "n_categories", "n_brands", "n_days", "request_size"):
+            field(name, 1)
+        field("n_items", 2, hint="item popularity is standardised over the items")
+        field("interests_per_user", 1, self.n_categories, hint="a user's interests are distinct categories")
+        for name in ("history_len", "scenario_groups", "seed"):
+            field(name, 0)
+        field("base_ctr", 0, 1, low_open=True, high_open=True, hint="it is the mean true click probability")
+        field("targeting", 0, 1, hint="it is a share of impressions")
+        for name in ("cross2_density", "cross3_density"):
+            field(name, 0, 1, low_open=True, hint="it is the share of values on which the cross is active")
+        for name in ("item_zipf", "user_zipf", "scenario_zipf"):
+            field(name, 0, hint="0 is uniform, larger is more skewed")
+        for name in ("first_order", "interest", "cross2", "cross3", "action_momentum", "history_match",
+                     "scenario_strength", "time_interests", "time_events"):
+            field(name, 0, hint="a strength is a scale on the logit scale (signs are drawn); 0 turns the term off")
+        for name in ("behaviours_per_day", "action_decay_hours"):
+            field(name, 0, low_open=True)
+        field("session_len", 1, hint="it is the mean number of behaviours per session")
+        if not isinstance(self.action_types, bool):
+            raise TypeError(f"WorldConfig.action_types must be True or False, got {self.action_types!r}")
+        if self.history_match and not self.history_len:
+            raise ValueError("WorldConfig.history_match > 0 needs history_len > 0 (the history the click depends on)")
 
 
 def _zipf_weights(n: int, a: float, rng: np.random.Generator) -> np.ndarray:
