@@ -209,3 +209,35 @@ def test_paired_samples_cancel_shared_drift():
         compare_paired_samples(a, b[:3])
     with pytest.raises(ValueError, match="positive"):
         compare_paired_samples(a, -b)
+
+
+def test_subset_rescores_each_run_on_the_selected_rows():
+    from ctrlib.experiment import subset
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 400).astype(float)
+    preds = [y * 0.3 + rng.random(400) for _ in range(2)]
+    arm = _arm("a", y, preds, [0, 1])
+    mask = np.arange(400) < 150
+    part = subset(arm, mask, "a, first rows")
+    assert part.name == "a, first rows" and part.seeds == [0, 1] and len(part.labels) == 150
+    for run, p in zip(part.runs, preds):
+        assert run.metrics["auc"] == pytest.approx(roc_auc_score(y[:150], p[:150]))
+    assert subset(arm, np.arange(400)).values("auc") == pytest.approx(arm.values("auc"))
+    e = compare(part, subset(_arm("b", y, [p + y for p in preds], [0, 1]), mask), n_boot=50)
+    assert e["n_test"] == 150 and e["delta"] > 0
+    with pytest.raises(ValueError, match="no test rows"):
+        subset(arm, np.zeros(400, bool))
+
+
+def test_difference_of_independent_deltas_adds_their_errors():
+    from ctrlib.experiment import Z95, difference
+    a = {"delta": 0.01, "ci": [0.01 - Z95 * 0.003, 0.01 + Z95 * 0.003], "seeds": [0, 1, 2], "n_test": 100,
+         "stopped_by": {"x": ["early stopping"]}}
+    b = {"delta": 0.05, "ci": [0.05 - Z95 * 0.004, 0.05 + Z95 * 0.004], "seeds": [0, 1, 2], "n_test": 200,
+         "stopped_by": {"x": ["epoch cap"]}}
+    e = difference(a, b, "off", "on")
+    assert e["delta"] == pytest.approx(0.04)
+    assert e["ci"] == pytest.approx([0.04 - Z95 * 0.005, 0.04 + Z95 * 0.005])
+    assert e["seeds"] == [0, 1, 2] and e["n_test"] == 300
+    assert e["stopped_by"] == {"off: x": ["early stopping"], "on: x": ["epoch cap"]}
+    assert claim("the gain is larger with the mechanism on", e, "auc", ("off", "on"))["verdict"] == REPRODUCED
