@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark of benchmarks/README.md, one process at a time (never two at once).
-#   bash benchmarks/run.sh [all|trainer|idbounds|flops|peers|quality|din]
+#   bash benchmarks/run.sh [all|trainer|idbounds|flops|peers|quality|din|tables|sparse-quality]
 # Environment knobs (defaults are what the README tables used):
 #   BENCH_OUT (_build/bench)  results: *.json / *.jsonl, stderr logs, the exported CSVs
 #   BENCH_ROWS (250000)       simulator rows exported for the peer comparison (80/10/10 by time)
@@ -46,7 +46,13 @@ if want flops; then
   done
 fi
 
-if want peers || want quality || want din; then
+if want sparse-quality; then  # issue 20: the sparse default vs the dense path, test AUC over 3 seeds
+  log "sparse vs dense embedding updates: quality"
+  "$PY" benchmarks/bench_sparse_quality.py --datasets world world_no_l2 movielens --seeds 0 1 2 \
+    --threads "$THREADS" --out "$OUT/sparse_quality.json" 2>>"$OUT/stderr.log" >/dev/null
+fi
+
+if want peers || want quality || want din || want tables; then
   PEERS="$ROOT/benchmarks/peers"
   VPY="$PEERS/.venv-peers/bin/python"
   bash "$PEERS/setup.sh" >>"$OUT/stderr.log" 2>&1 || { echo "peer venv set-up failed, see $OUT/stderr.log" >&2; exit 1; }
@@ -81,6 +87,13 @@ if want peers || want quality || want din; then
       ctrlib_bf16 quality.jsonl --epochs 100 --seed "$seed"
       [ -n "${BENCH_DEEPCTR_QUALITY:-}" ] && deepctr quality.jsonl --epochs 100 --seed "$seed"
     done
+  fi
+  if want tables; then  # issue 20: throughput and peak memory vs table rows, 4 arms interleaved
+    rm -f "$OUT/tables.jsonl"
+    log "throughput vs embedding-table rows"
+    "$PY" benchmarks/bench_tables.py --reps "${BENCH_TABLE_REPS:-3}" --samples 40960 --threads "$THREADS" \
+      --peers-python "$VPY" --out "$OUT/tables.jsonl" 2>>"$OUT/stderr.log"
+    "$PY" benchmarks/bench_row_grads.py --threads "$THREADS" >"$OUT/row_grads.json" 2>>"$OUT/stderr.log"
   fi
   if want din; then  # DIN, history length 50: throughput (2 epochs, interleaved), then early-stopped quality
     DIN_DATA="$OUT/din-${BENCH_DIN_ROWS:-250000}"

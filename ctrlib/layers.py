@@ -10,12 +10,36 @@ from torch import nn
 
 from ctrlib.data.schema import Schema
 
+# id() of the tables whose lookups give sparse row gradients; filled only inside ``sparse_row_gradients``.
+_SPARSE_GRAD_TABLES: set[int] = set()
+
 
 def lookup_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Rows ``ids`` (any shape) of an embedding table ``weight [V, D]``: ``[*ids.shape, D]``. Same as
-    ``F.embedding``; ``index_select``'s backward (an ``index_add``) is 2-15x faster on CPU. Every
-    embedding table (:class:`FeatureEmbedding`, :class:`EmbeddingTable`) looks its rows up here."""
-    return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
+    """Rows ``ids`` (any shape) of an embedding table ``weight [V, D]``: ``[*ids.shape, D]``, the numbers
+    of ``F.embedding``. Every embedding table (:class:`FeatureEmbedding`, :class:`EmbeddingTable`) looks
+    its rows up here.
+
+    Inside ``sparse_row_gradients(tables)`` the gradient a table gets is a sparse COO tensor holding
+    only the looked-up rows (``F.embedding(sparse=True)``: O(B D) whatever the table's size);
+    elsewhere it is ``index_select``, whose dense backward (an ``index_add`` into a zero ``[V, D]``
+    table) is 2-15x faster on CPU than ``F.embedding``'s."""
+    flat = ids.reshape(-1)
+    if id(weight) in _SPARSE_GRAD_TABLES and torch.is_grad_enabled():
+        out = F.embedding(flat, weight, sparse=True)
+    else:
+        out = weight.index_select(0, flat)
+    return out.view(*ids.shape, weight.shape[-1])
+
+
+@contextlib.contextmanager
+def sparse_row_gradients(tables):
+    """Inside this block, lookups of ``tables`` (through :func:`lookup_rows`) give sparse row gradients."""
+    added = [id(t) for t in tables if id(t) not in _SPARSE_GRAD_TABLES]
+    _SPARSE_GRAD_TABLES.update(added)
+    try:
+        yield
+    finally:
+        _SPARSE_GRAD_TABLES.difference_update(added)
 
 
 class EmbeddingTable(nn.Module):
@@ -86,7 +110,7 @@ class FeatureEmbedding(nn.Module):
         return self.rows(ids + self.table_offsets[f.table])
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]``."""
+        """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]`` (see :func:`lookup_rows`)."""
         return lookup_rows(self.weight, ids)
 
     def check_ids(self, names, ids: torch.Tensor, sizes) -> None:

@@ -3,7 +3,12 @@
 A model maps a dict batch to logits: a tensor ``[B]`` for the schema's label, or a dict
 ``{label_name: [B] logits, ..., "aux_loss": scalar}`` for several tasks and extra losses (the one
 hook for auxiliary losses). The loss is the mean binary cross-entropy per task, plus ``aux_loss``,
-plus the embedding L2 penalty ``lambda/2 * ||E||^2`` (as in FuxiCTR and BARS).
+plus the embedding L2 penalty ``lambda/2 * ||E_r||^2`` summed over the rows the batch touches
+(``embedding_l2_rows="batch"``) or over every row (``"all"``: FuxiCTR's and BARS' form).
+
+Embedding tables are updated row-wise by default (``embedding_update="sparse"``): lazy Adam on the rows
+a batch touches (:class:`ctrlib.optim.LazyAdam`), so a step costs the same for a table of 10^4 or
+10^7 rows; ``"dense"`` is Adam on every row of every table. Other parameters always get Adam.
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from torch import nn
 from ctrlib import checks as C
 from ctrlib import metrics as M
 from ctrlib.data.tensors import TensorData
-from ctrlib.layers import EmbeddingTable, FeatureEmbedding, eval_mode
+from ctrlib.layers import EmbeddingTable, FeatureEmbedding, eval_mode, sparse_row_gradients
+from ctrlib.optim import LazyAdam, clip_grad_norm, prepare_table_grads
 
 
 def seed_everything(seed: int) -> None:
@@ -42,7 +48,9 @@ class TrainConfig:
     batch_size: int = 1024
     lr: float = 1e-3
     weight_decay: float = 0.0       # on non-embedding parameters (Adam's L2)
-    embedding_l2: float = 0.0       # lambda in lambda/2 * ||E||^2 over every embedding table
+    embedding_l2: float = 0.0       # lambda in lambda/2 * ||E_r||^2 summed over embedding rows r (which: next line)
+    embedding_l2_rows: str = "batch"  # "batch": the rows the batch touches; "all": every row of every table (BARS)
+    embedding_update: str = "sparse"  # "sparse": lazy Adam on the rows a batch touches; "dense": Adam on every row
     patience: int = 2               # epochs without improvement before stopping
     monitor: str = "auc"            # validation metric for early stopping: auc, gauc or logloss
     lr_decay: float | None = None   # multiply the lr by this after a non-improving epoch (FuxiCTR: 0.1)
@@ -114,6 +122,8 @@ def _check_config(cfg: TrainConfig) -> None:
         C.real("grad_clip", cfg.grad_clip, 0, low_open=True, hint="None: no clipping")
     C.choice("monitor", cfg.monitor, ("auc", "gauc", "logloss"))
     C.choice("autocast", cfg.autocast, (None, "bf16"))
+    C.choice("embedding_update", cfg.embedding_update, ("sparse", "dense"))
+    C.choice("embedding_l2_rows", cfg.embedding_l2_rows, ("batch", "all"))
 
 
 def _check_data(role: str, data, columns, mask: str | None = None) -> None:
@@ -214,8 +224,14 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
     tables = _embedding_tables(model)
     table_ids = {id(t) for t in tables}
     others = [p for p in model.parameters() if id(p) not in table_ids]
-    optimizer = torch.optim.Adam([{"params": tables, "weight_decay": 0.0},
-                                  {"params": others, "weight_decay": cfg.weight_decay}], lr=cfg.lr)
+    groups = [{"params": tables, "weight_decay": 0.0}, {"params": others, "weight_decay": cfg.weight_decay}]
+    sparse = cfg.embedding_update == "sparse"
+    optimizer = LazyAdam(groups, lr=cfg.lr) if sparse else torch.optim.Adam(groups, lr=cfg.lr)
+    batch_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "batch" else 0.0
+    full_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "all" else 0.0
+    # the tables' lookups give sparse row gradients where the update or the batch-rows L2 needs them; with
+    # the full-table L2 every row has a gradient at every step, and lazy Adam is Adam
+    row_tables = tables if (sparse or batch_l2) and not full_l2 else []
     sign = -1.0 if cfg.monitor == "logloss" else 1.0
     best_score, best_epoch, bad_epochs = -np.inf, 0, 0
     rows, train_seconds = [], 0.0
@@ -228,7 +244,7 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
         model.train()
         start, total, n = time.perf_counter(), 0.0, 0
         for step, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch), 1):
-            with autocast:
+            with autocast, sparse_row_gradients(row_tables):
                 logits, aux = _as_logits(model(batch), labels)
             if cfg.loss_mask:  # e.g. [B, N] logits of which only the training events count
                 m = batch[cfg.loss_mask]
@@ -237,8 +253,8 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
             loss = sum(F.binary_cross_entropy_with_logits(z.float(), batch[k]) for k, z in logits.items())
             if aux is not None:
                 loss = loss + aux
-            if cfg.embedding_l2:
-                loss = loss + cfg.embedding_l2 / 2 * sum(t.pow(2).sum() for t in tables)
+            if full_l2:
+                loss = loss + full_l2 / 2 * sum(t.pow(2).sum() for t in tables)
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(
@@ -247,10 +263,11 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
                     f"grad_clip, or look for huge values among the numeric features")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            penalty = prepare_table_grads(row_tables, batch_l2, dense=not sparse)  # + the batch-rows L2's gradient
             if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                clip_grad_norm(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            total += value * len(batch[labels[0]])
+            total += (value + penalty) * len(batch[labels[0]])
             n += len(batch[labels[0]])
         seconds = time.perf_counter() - start
         train_seconds += seconds

@@ -10,6 +10,9 @@ as for the peers.
 The protocol is FuxiCTR's (and BARS'): mean BCE + lambda/2 * ||E||^2 on every embedding table
 (the FM/DNN table and the order-1 weights, as FuxiCTR does), Adam, gradient-norm clip 10 and the
 learning rate x0.1 after a non-improving epoch (``--grad-clip 0 --lr-decay 0`` switch them off).
+So the embedding tables get dense Adam and the full-table L2 (``--embedding-update dense --emb-l2-rows
+all``, the BARS form, and the only one the peers have); ``--embedding-update sparse --emb-l2-rows
+batch`` is ``ctrlib.fit``'s default (lazy Adam and the L2 on the rows a batch touches).
 """
 from __future__ import annotations
 
@@ -26,6 +29,10 @@ def main():
     p.add_argument("--grad-clip", type=float, default=10.0, help="gradient-norm clip (0: off)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: bfloat16 autocast (fp32 master weights; embeddings stay fp32)")
+    p.add_argument("--embedding-update", choices=["sparse", "dense"], default="dense",
+                   help="TrainConfig.embedding_update (default: dense, the BARS protocol)")
+    p.add_argument("--emb-l2-rows", choices=["batch", "all"], default="all",
+                   help="TrainConfig.embedding_l2_rows (default: all, the BARS protocol)")
     args = p.parse_args()
     sys.stdout = sys.stderr
     import numpy as np
@@ -53,12 +60,14 @@ def main():
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=args.net_reg,
                       embedding_l2=args.emb_reg, patience=args.patience, monitor="auc",
                       lr_decay=args.lr_decay or None, grad_clip=args.grad_clip or None, seed=args.seed,
+                      embedding_update=args.embedding_update, embedding_l2_rows=args.emb_l2_rows,
                       progress=False, **extra)
     result = fit(model, train, valid, cfg)
     hist = result.history
     common.report(args, "ctrlib", ctrlib.__version__, len(train), list(hist["seconds"]), list(hist["valid_auc"]),
                   test["label"].numpy(), predict(model, test), precision=args.precision,
-                  lr_decay=args.lr_decay, grad_clip=args.grad_clip,
+                  lr_decay=args.lr_decay, grad_clip=args.grad_clip, embedding_update=args.embedding_update,
+                  emb_l2_rows=args.emb_l2_rows,
                   best_epoch_restored=int(result.best_epoch))
 
 

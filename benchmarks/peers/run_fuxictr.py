@@ -29,27 +29,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def main():
-    p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--loader", choices=["npz", "parquet"], default="npz")
-    p.add_argument("--workers", type=int, default=0, help="loader workers (npz: DataLoader processes)")
-    p.add_argument("--workdir", default=None, help="processed data + checkpoint; reuse it to skip the rebuild")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="only profile N training steps (torch.profiler table on stdout) and exit")
-    args = p.parse_args()
-    sys.stdout = sys.stderr
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    import numpy as np
-    import pandas as pd
-    import torch
-    torch.set_num_threads(args.threads)
-    import fuxictr
-    from fuxictr.features import FeatureMap
-    from fuxictr.preprocess import FeatureProcessor, build_dataset
-    from fuxictr.pytorch.dataloaders import RankDataLoader
+def fuxictr_deepfm_class():
+    """DeepFM composed from FuxiCTR 2.3.10's public layers as the repository's model_zoo/DeepFM.py does
+    (the pip wheel has no DeepFM). Imports FuxiCTR, so call it after ``torch.set_num_threads``."""
     from fuxictr.pytorch.layers import FactorizationMachine, FeatureEmbedding, MLP_Block
     from fuxictr.pytorch.models import BaseModel
-    from fuxictr.pytorch.torch_utils import seed_everything
 
     class DeepFM(BaseModel):
         """FM (order 1 + 2 via FactorizationMachine) + MLP over the shared field embeddings."""
@@ -71,6 +55,31 @@ def main():
             emb = self.embedding_layer(X)
             y = self.fm(X, emb) + self.mlp(emb.flatten(start_dim=1))
             return {"y_pred": self.output_activation(y)}
+
+    return DeepFM
+
+
+def main():
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--loader", choices=["npz", "parquet"], default="npz")
+    p.add_argument("--workers", type=int, default=0, help="loader workers (npz: DataLoader processes)")
+    p.add_argument("--workdir", default=None, help="processed data + checkpoint; reuse it to skip the rebuild")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="only profile N training steps (torch.profiler table on stdout) and exit")
+    args = p.parse_args()
+    sys.stdout = sys.stderr
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    import numpy as np
+    import pandas as pd
+    import torch
+    torch.set_num_threads(args.threads)
+    import fuxictr
+    from fuxictr.features import FeatureMap
+    from fuxictr.preprocess import FeatureProcessor, build_dataset
+    from fuxictr.pytorch.dataloaders import RankDataLoader
+    from fuxictr.pytorch.torch_utils import seed_everything
+
+    DeepFM = fuxictr_deepfm_class()
 
     cols = common.feature_columns(args.data)
     workdir = args.workdir or tempfile.mkdtemp(prefix="fuxictr-")
