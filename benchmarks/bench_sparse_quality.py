@@ -83,7 +83,8 @@ def setups(names, world_rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--datasets", nargs="+", default=["world", "movielens"], choices=["world", "world_no_l2", "movielens", "bars"])
+    p.add_argument("--datasets", nargs="+", default=["world", "movielens"],
+                   choices=["world", "world_no_l2", "movielens", "bars"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--world-rows", type=int, default=300_000)
     p.add_argument("--boot", type=int, default=1000)

@@ -132,7 +132,8 @@ def run_fuxictr(sizes, x, y, args) -> list[float]:
     work = tempfile.mkdtemp(prefix="bench-tables-fuxictr-")
     feature_map = FeatureMap("tables", work)
     feature_map.features = OrderedDict(
-        (name, {"source": "", "type": "categorical", "vocab_size": v, "padding_idx": None}) for name, v in zip(x, sizes))
+        (name, {"source": "", "type": "categorical", "vocab_size": v, "padding_idx": None})
+        for name, v in zip(x, sizes))
     feature_map.labels = ["label"]
     feature_map.num_fields, feature_map.default_emb_dim = len(sizes), 10
     feature_map.set_column_index()
@@ -187,7 +188,7 @@ def drive(args) -> None:
                 cmd = [python, os.path.abspath(__file__), "--worker", arm, "--table-rows", str(v),
                        "--samples", str(args.samples), "--threads", str(args.threads)]
                 load = os.getloadavg()[0]
-                done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if done.returncode:
                     sys.exit(f"{arm} at {v:,} rows failed:\n{done.stderr[-3000:]}")
                 result = {**json.loads(done.stdout.strip().splitlines()[-1]), "rep": rep, "loadavg_1min": load}
