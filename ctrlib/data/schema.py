@@ -1,8 +1,8 @@
 """Feature schema: declare the features once; every model reads the same schema and batch.
 
 A batch is a ``dict[str, torch.Tensor]``: one entry per feature (``[B]`` ids for categorical,
-``[B]`` or ``[B, k]`` floats for numeric, ``[B, L]`` ids for sequences, 0 = padding) and one per
-label. Features that name the same ``embedding`` share one table, e.g. a target ``item_id`` and
+``[B]`` or ``[B, k]`` floats for numeric, ``[B, L]`` ids for sequences, 0 = padding, ``[B]`` or
+``[B, L]`` int64 seconds for timestamps) and one per label. Features that name the same ``embedding`` share one table, e.g. a target ``item_id`` and
 its history ``hist_item_id``.
 """
 from __future__ import annotations
@@ -45,7 +45,22 @@ class Sequence:
         return self.embedding or self.name
 
 
-Feature = Categorical | Numeric | Sequence
+@dataclass(frozen=True)
+class Timestamp:
+    """Integer seconds (int64): a prediction time ``[B]``, or with ``max_len`` the times of a
+    left-padded behaviour sequence ``[B, max_len]`` (aligned with an id sequence of that length;
+    padding positions hold 0 and models mask them by the ids). Not embedded: time-aware models
+    read the raw seconds (e.g. TLSI's clock codes)."""
+
+    name: str
+    max_len: int | None = None
+
+    def __post_init__(self):
+        if self.max_len is not None and self.max_len <= 0:
+            raise ValueError(f"timestamp sequence {self.name!r}: max_len must be positive, got {self.max_len}")
+
+
+Feature = Categorical | Numeric | Sequence | Timestamp
 
 
 @dataclass(frozen=True)
@@ -81,8 +96,12 @@ class Schema:
         return [f for f in self.features if isinstance(f, Sequence)]
 
     @property
+    def timestamps(self) -> list[Timestamp]:
+        return [f for f in self.features if isinstance(f, Timestamp)]
+
+    @property
     def id_features(self) -> list[Categorical | Sequence]:
-        return [f for f in self.features if not isinstance(f, Numeric)]
+        return [f for f in self.features if isinstance(f, (Categorical, Sequence))]
 
     @property
     def tables(self) -> dict[str, int]:
@@ -105,6 +124,10 @@ class Schema:
     def select(self, *names: str) -> "Schema":
         """A schema with only the named features (same labels and extras)."""
         return Schema(tuple(self[n] for n in names), self.labels, self.extras)
+
+    def add(self, *features: Feature) -> "Schema":
+        """A schema with ``features`` appended (same labels and extras)."""
+        return Schema(self.features + tuple(features), self.labels, self.extras)
 
     def drop(self, *names: str) -> "Schema":
         for n in names:

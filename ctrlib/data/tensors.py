@@ -7,7 +7,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ctrlib.data.schema import Categorical, Numeric, Schema, Sequence
+from ctrlib.data.schema import Categorical, Numeric, Schema, Sequence, Timestamp
+
+
+def _timestamps(f: Timestamp, col: pd.Series) -> torch.Tensor:
+    """A timestamp column as int64 seconds: ``[N]``, or ``[N, max_len]`` from equal-length arrays."""
+    if f.max_len is None:
+        arr = col.to_numpy()
+    else:
+        arr = np.stack(col.to_numpy()) if len(col) else np.zeros((0, f.max_len), dtype=np.int64)
+        if arr.ndim != 2 or arr.shape[1] != f.max_len:
+            raise ValueError(f"timestamp sequence {f.name!r} must hold arrays of length {f.max_len}, "
+                             f"got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"timestamp {f.name!r} must hold integer seconds, got dtype {arr.dtype}")
+    return torch.as_tensor(arr.astype(np.int64))
 
 
 class TensorData:
@@ -45,6 +59,8 @@ class TensorData:
             elif isinstance(f, Numeric):
                 arr = np.stack(col.to_numpy()) if f.dim > 1 else col.to_numpy()
                 tensors[f.name] = torch.as_tensor(arr, dtype=torch.float32)
+            elif isinstance(f, Timestamp):
+                tensors[f.name] = _timestamps(f, col)
         for f in schema.id_features:
             t = tensors[f.name]
             if len(t) and (int(t.min()) < 0 or int(t.max()) >= f.vocab_size):
