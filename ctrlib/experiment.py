@@ -20,6 +20,8 @@ Every chapter compares models the same way:
 
    :func:`compare_samples` does the same for repeated measurements that are not predictions
    (timings, memory): a bootstrap of the difference of means (or the ratio of medians).
+   :func:`compare_deltas` compares two such differences measured on independent test sets
+   (e.g. an ablation's effect in a world with a mechanism and in its negative control).
 3. A **claim** is one sentence of the paper, the two arms and the metric that test it, the
    direction it states and an optional margin. Its verdict comes from the interval alone, by
    one rule (:func:`verdict`):
@@ -258,6 +260,28 @@ def compare_samples(a, b, statistic: str = "mean_difference", n_boot: int = 2000
             "method": f"percentile bootstrap of the {statistic.replace('_', ' ')} ({n_boot} replicates)"}
 
 
+def compare_deltas(a: dict, b: dict) -> dict:
+    """``delta = b["delta"] - a["delta"]`` for two :func:`compare` results on *independent* test
+    sets (e.g. the same ablation in a world and in its negative control): the two are independent,
+    so their standard errors add in quadrature, ``se = sqrt(se_a**2 + se_b**2)`` with each
+    ``se_x = sqrt(se_test**2 + se_seed**2)``, and ``ci = delta ± 1.96 se``. ``seeds`` are those
+    both share (they must be the same), ``n_test`` counts both test sets."""
+    for e in (a, b):
+        missing = [k for k in ("delta", "se_test", "se_seed", "seeds", "n_test") if k not in e]
+        if missing:
+            raise KeyError(f"compare_deltas needs compare() evidence; it lacks {missing}")
+    if list(a["seeds"]) != list(b["seeds"]):
+        raise ValueError(f"compare_deltas: seeds differ ({a['seeds']} vs {b['seeds']})")
+    delta = float(b["delta"] - a["delta"])
+    se = math.sqrt(a["se_test"] ** 2 + a["se_seed"] ** 2 + b["se_test"] ** 2 + b["se_seed"] ** 2)
+    return {"delta": delta, "ci": [delta - Z95 * se, delta + Z95 * se], "seeds": list(a["seeds"]),
+            "n_test": int(a["n_test"] + b["n_test"]), "se": se, "a": {"delta": a["delta"], "ci": a["ci"]},
+            "b": {"delta": b["delta"], "ci": b["ci"]},
+            "stopped_by": {f"a: {k}": v for k, v in a.get("stopped_by", {}).items()}
+            | {f"b: {k}": v for k, v in b.get("stopped_by", {}).items()},
+            "method": "difference of two independent compare() deltas, standard errors in quadrature"}
+
+
 # -- claims and verdicts ---------------------------------------------------------------------
 
 def verdict(ci, direction: str = "greater", margin: float = 0.0) -> str:
@@ -336,6 +360,7 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "arms_table", "compare", "compare_samples", "verdict",
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "arms_table", "compare", "compare_samples",
+           "compare_deltas", "verdict",
            "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
            "INCONCLUSIVE"]

@@ -5,7 +5,7 @@ from sklearn.metrics import roc_auc_score
 
 from ctrlib.data import CTRWorld, TensorData, split_by_time
 from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Run, _weighted_auc, claim,
-                               claims_table, compare, compare_samples, describe, recompute_verdict, run_arm, say,
+                               claims_table, compare, compare_deltas, compare_samples, describe, recompute_verdict, run_arm, say,
                                verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
@@ -171,3 +171,19 @@ def test_claims_check_reports_each_protocol_breach():
     assert "not all by early stopping" in claims_check.problems("ch", {"quick": False, "claims": [capped]})[0]
     side = claim("B beats A.", ev | {"seeds": [0]}, "auc", ("A", "B"), headline=False)
     assert claims_check.problems("ch", {"quick": False, "claims": [side]}) == []
+
+
+def test_compare_deltas_adds_independent_errors_in_quadrature():
+    a = {"delta": 0.01, "ci": [0.0, 0.02], "se_test": 0.003, "se_seed": 0.004, "seeds": [0, 1, 2], "n_test": 100,
+         "stopped_by": {"x": ["early stopping"]}}
+    b = {"delta": 0.03, "ci": [0.02, 0.04], "se_test": 0.0, "se_seed": 0.0, "seeds": [0, 1, 2], "n_test": 50}
+    e = compare_deltas(a, b)
+    assert e["delta"] == pytest.approx(0.02) and e["n_test"] == 150 and e["seeds"] == [0, 1, 2]
+    half = 1.959963984540054 * 0.005                     # sqrt(0.003^2 + 0.004^2) = 0.005
+    assert e["ci"] == pytest.approx([0.02 - half, 0.02 + half])
+    assert verdict(e["ci"]) == REPRODUCED and e["stopped_by"] == {"a: x": ["early stopping"]}
+    assert compare_deltas(b, a)["delta"] == pytest.approx(-0.02)
+    with pytest.raises(ValueError, match="seeds differ"):
+        compare_deltas(a, {**b, "seeds": [0]})
+    with pytest.raises(KeyError, match="se_test"):
+        compare_deltas(a, {"delta": 0.0, "seeds": [0, 1, 2], "n_test": 1})
