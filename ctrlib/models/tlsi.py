@@ -14,7 +14,8 @@ chapter says which). Notation: B batch, L long history, S short history, d embed
   tau(t | t*) = [tau_p(t); tau_tp(t | t*)]                                             in R^2d
   We read "time-point pattern" as the time-point *distance* between the prediction and a
   behaviour (the note's reading (b)): an absolute-date embedding cannot generalise to the unseen
-  future dates a split by time puts in the test set.
+  future dates a split by time puts in the test set. Absolute-date events reach the model only
+  through the latest behaviours, which this code lets the attention single out.
 * Long-term interest (:class:`TimeAwareAttention`): content score (a DIN activation unit) plus a
   time score, one softmax over the history:
   s_j = MLP_c([e_j, e_i, e_j - e_i, e_j * e_i]) + <W_q tau(t*), W_k tau(t_j)> / sqrt(d)
@@ -197,12 +198,12 @@ class TLSI(nn.Module):
     is the last ``short_len`` behaviours of the long one. The flags switch off one
     component each (the chapter's ablations): ``long``/``short`` (keep one module), ``time_attention``
     (content-only attention), ``periodic`` / ``time_point`` (zero that part of every time code),
-    ``time_lstm`` (a plain LSTM, no decay to now), ``gate`` (u = (u_L + u_S) / 2).
+    ``time_lstm`` (a plain LSTM, no decay to now), ``gate`` (u = (u_L + u_S) / 2). Id embeddings
+    start at N(0, ``init_std``); the clock tables as in :class:`TimeEncoder`.
     """
 
     def __init__(self, schema: Schema, embedding_dim: int = 16, hidden=(128, 64), *, short_len: int = 10,
-                 item: str = "item_id",
-                 category: str = "category", history: str = "hist_item_id",
+                 item: str = "item_id", category: str = "category", history: str = "hist_item_id",
                  history_category: str = "hist_category", time: str = "timestamp",
                  history_time: str = "hist_timestamp", long: bool = True, short: bool = True,
                  time_attention: bool = True, periodic: bool = True, time_point: bool = True,
