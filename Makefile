@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh clone:
 #   make book   create .venv if missing, execute every chapter, render _build/html
-#   make test   same set-up, then the whole test suite (unit + QUICK notebooks + strict book build)
+#   make test   same set-up, then ruff and the whole test suite (unit + QUICK notebooks + strict book build)
 # CTRLIB_QUICK=1 make book   executes the chapters in QUICK mode.
 
 SHELL  := /bin/bash
@@ -33,6 +33,7 @@ book: $(STAMP)
 	$(PY) tools/build_book.py
 
 test: $(STAMP)
+	$(PY) -m ruff check ctrlib tests tools benchmarks
 	$(PY) -m pytest
 
 # Every chapter in full mode (up to ~10 min each), then one table of all claims and their verdicts.

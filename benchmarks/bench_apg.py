@@ -50,7 +50,8 @@ def main(argv=None) -> dict:
     big = df[(df.width == max(args.widths)) & (df.batch == max(args.batches))].set_index("variant")
     summary = {
         "largest_setting": {"width": max(args.widths), "batch": max(args.batches)},
-        "memory_cut_decomposed_vs_naive": 1 - big.loc["decomposed", "train_peak_mib"] / big.loc["naive", "train_peak_mib"],
+        "memory_cut_decomposed_vs_naive":
+            1 - big.loc["decomposed", "train_peak_mib"] / big.loc["naive", "train_peak_mib"],
         "infer_memory_cut_decomposed_vs_naive":
             1 - big.loc["decomposed", "infer_peak_mib"] / big.loc["naive", "infer_peak_mib"],
         "train_time_ratio_decomposed_vs_regular": big.loc["decomposed", "train_ms"] / big.loc["regular", "train_ms"],

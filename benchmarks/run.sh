@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark of benchmarks/README.md, one process at a time (never two at once).
-#   bash benchmarks/run.sh [all|trainer|flops|peers|quality|din]
+#   bash benchmarks/run.sh [all|trainer|idbounds|flops|peers|quality|din]
 # Environment knobs (defaults are what the README tables used):
 #   BENCH_OUT (_build/bench)  results: *.json / *.jsonl, stderr logs, the exported CSVs
 #   BENCH_ROWS (250000)       simulator rows exported for the peer comparison (80/10/10 by time)
@@ -29,6 +29,12 @@ if want trainer; then
   log "trainer vs model step"
   "$PY" benchmarks/bench_trainer.py --rows 100000 --runs 7 --threads "$THREADS" \
     --out "$OUT/trainer.json" 2>>"$OUT/stderr.log"
+fi
+
+if want idbounds; then
+  log "id bounds check on vs off (DeepFM steps, interleaved)"
+  "$PY" benchmarks/bench_id_bounds.py --rows 100000 --steps 400 --threads "$THREADS" \
+    --out "$OUT/id_bounds.json" 2>>"$OUT/stderr.log"
 fi
 
 if want flops; then

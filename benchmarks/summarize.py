@@ -33,6 +33,15 @@ def main(out):
         print("|---|---|---|---|---|---|")
         print(f"| {r['rows']:,} | {r['fit_samples_per_s']:,.0f} | {r['step_samples_per_s']:,.0f} | {r['ratio']:.3f} "
               f"| {statistics.median(r['paired_ratios']):.3f} | {r['loadavg_1min']:.1f} |\n")
+    for r in rows(f"{out}/id_bounds.json"):
+        print("### Id bounds check in FeatureEmbedding: on vs off (DeepFM training steps, interleaved)\n")
+        print("| steps | step ms (on) | step ms (off) | median paired cost | paired cost quartiles "
+              "| check alone, us/batch | share of a step | load |")
+        print("|---|---|---|---|---|---|---|---|")
+        q = r["steps_paired_cost_quartiles"]
+        print(f"| {r['steps']} | {r['step_ms_on']} | {r['step_ms_off']} | {r['steps_median_paired_cost']:+.2%} "
+              f"| {q[0]:+.1%} / {q[2]:+.1%} | {r['check_us_per_batch']} | {r['check_share_of_step']:.3%} "
+              f"| {r['loadavg_1min']:.1f} |\n")
     flops = rows(f"{out}/flops.jsonl") + rows(f"{out}/flops-variants.jsonl")  # run.sh's, then the variants
     if flops:
         print("### Model FLOP rate vs GEMM rate on the model's shapes\n")

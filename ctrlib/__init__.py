@@ -7,7 +7,8 @@ The pieces a chapter uses:
 - ``ctrlib.models``: one file per model family, each ``model(batch) -> logits``;
 - ``ctrlib.train``: ``fit`` / ``evaluate`` / ``predict`` with early stopping;
 - ``ctrlib.metrics``: AUC, GAUC, logloss, calibration and the oracle;
-- ``ctrlib.plotting`` and ``ctrlib.book``: the book's figure style and notebook helpers.
+- ``ctrlib.plotting`` and ``ctrlib.book``: the book's figure style and notebook helpers;
+- ``ctrlib.checks``: the argument and data checks behind every "bad input" error.
 """
 from ctrlib.train import TrainConfig, evaluate, fit, predict, seed_everything
 

@@ -10,9 +10,14 @@ from pathlib import Path
 import pandas as pd
 
 
+def quick_from_env() -> bool:
+    """The environment asks for QUICK mode: CTRLIB_QUICK is 1, true, yes or on."""
+    return os.environ.get("CTRLIB_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def is_quick(quick: bool = False) -> bool:
     """QUICK mode is on if the notebook parameter says so or the environment sets CTRLIB_QUICK=1."""
-    return bool(quick) or os.environ.get("CTRLIB_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
+    return bool(quick) or quick_from_env()
 
 
 def show_source(obj) -> None:

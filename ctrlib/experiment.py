@@ -41,8 +41,8 @@ one of three texts written out for the three verdicts.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -136,6 +136,34 @@ def train_and_evaluate(build: Callable[[], nn.Module], train: TensorData, valid,
     groups = test[group].numpy() if group else None
     wanted = tuple(m for m in metrics if m != "gauc" or groups is not None)
     return Run(seed, M.compute(y, p, groups, wanted), p, result, label, model if keep_model else None)
+
+
+def run_scored_arm(name: str, build: Callable[[], nn.Module], train: TensorData, valid, score: Callable,
+                   config: TrainConfig, seeds, metrics=("auc", "logloss"), keep_models: bool = False) -> Arm:
+    """:func:`run_arm` for models whose test predictions come another way than ``predict(model, test)``
+    (the generative rankers score the held-out events of whole sequences).
+
+    ``score(model) -> (labels, predictions, groups or None)``, the same test rows in the same order
+    for every seed (and for every arm it is compared with). Each seed: seed everything, build, fit
+    with ``config`` (its ``seed`` replaced), score the best epoch's weights.
+    """
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError(f"arm {name!r}: seeds is empty; give at least one seed")
+    runs, labels, groups = [], None, None
+    for seed in seeds:
+        seed_everything(seed)
+        model = build()
+        result = fit(model, train, valid, config, seed=seed)
+        y, p, g = score(model)
+        y, p = np.asarray(y), np.asarray(p)
+        if labels is not None and not np.array_equal(labels, y):
+            raise ValueError(f"arm {name!r}: score() returned different test labels for seed {seed}")
+        labels, groups = y, (None if g is None else np.asarray(g))
+        wanted = tuple(m for m in metrics if m != "gauc" or groups is not None)
+        runs.append(Run(seed, M.compute(y, p, groups, wanted), p, result, _first_label(model),
+                        model if keep_models else None))
+    return Arm(name, runs, labels, groups)
 
 
 def run_arm(name: str, build: Callable[[], nn.Module], train: TensorData, valid, test: TensorData,
@@ -282,6 +310,29 @@ def compare_deltas(a: dict, b: dict) -> dict:
             "method": "difference of two independent compare() deltas, standard errors in quadrature"}
 
 
+def compare_paired_samples(a, b, n_boot: int = 2000, seed: int = 0) -> dict:
+    """The ratio of measurements taken side by side, ``b[i] / a[i]`` (e.g. timings of two models run
+    alternately: A, B, A, B, ...; each pair shares the machine's load at that moment).
+
+    ``delta = median(b / a) - 1`` (a claim "b is faster" is ``direction="less"``); the interval is a
+    percentile bootstrap over the pairs. Pairing removes the load drift that both members of a pair
+    share, which :func:`compare_samples` (independent resampling of each side) leaves in.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError(f"compare_paired_samples needs two equally long sets of >= 2 paired measurements, "
+                         f"got {len(a)} and {len(b)}")
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("paired ratios need positive measurements")
+    ratio = b / a
+    reps = np.median(ratio[np.random.default_rng(seed).integers(0, len(ratio), (n_boot, len(ratio)))], axis=1) - 1
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return {"delta": float(np.median(ratio) - 1), "ci": [float(lo), float(hi)], "seeds": list(range(len(a))),
+            "n_test": int(len(a)), "a": {"median": float(np.median(a))}, "b": {"median": float(np.median(b))},
+            "ratios": ratio.tolist(),
+            "method": f"percentile bootstrap over the pairs of the median ratio b/a ({n_boot} replicates)"}
+
+
 # -- claims and verdicts ---------------------------------------------------------------------
 
 def verdict(ci, direction: str = "greater", margin: float = 0.0) -> str:
@@ -360,7 +411,6 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "arms_table", "compare", "compare_samples",
-           "compare_deltas", "verdict",
-           "claim", "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED",
-           "INCONCLUSIVE"]
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "run_scored_arm", "arms_table", "compare",
+           "compare_samples", "compare_paired_samples", "compare_deltas", "verdict", "claim", "recompute_verdict",
+           "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE"]

@@ -1,6 +1,7 @@
 """Shared building blocks. Shapes: B = batch, F = fields, D = embedding size, L = sequence length."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -8,6 +9,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrlib.data.schema import Schema
+
+
+def lookup_rows(weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Rows ``ids`` (any shape) of an embedding table ``weight [V, D]``: ``[*ids.shape, D]``. Same as
+    ``F.embedding``; ``index_select``'s backward (an ``index_add``) is 2-15x faster on CPU. Every
+    embedding table (:class:`FeatureEmbedding`, :class:`EmbeddingTable`) looks its rows up here."""
+    return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
+
+
+class EmbeddingTable(nn.Module):
+    """A plain embedding table (an ``nn.Embedding`` replacement) that :func:`ctrlib.train.fit` knows is
+    one: it gets ``embedding_l2`` and no weight decay, like :class:`FeatureEmbedding`. For tables not
+    indexed by a schema feature (time buckets, a condition id, the generative rankers' tokens).
+
+    Same initialisation as ``nn.Embedding`` (N(0, 1), the ``padding_idx`` row zero) and the same
+    ``padding_idx`` semantics: the padding row's value is returned but gets no gradient from lookups."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self.weight = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
+        nn.init.normal_(self.weight)
+        if padding_idx is not None:
+            with torch.no_grad():
+                self.weight[padding_idx].fill_(0)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        rows = lookup_rows(self.weight, ids)  # [*ids.shape, D]
+        if self.padding_idx is None:
+            return rows
+        return torch.where((ids == self.padding_idx).unsqueeze(-1), rows.detach(), rows)
+
+    def extra_repr(self) -> str:
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
 
 class FeatureEmbedding(nn.Module):
@@ -32,6 +68,8 @@ class FeatureEmbedding(nn.Module):
         self.categorical = [f.name for f in schema.categorical]
         self.register_buffer("cat_offsets", torch.tensor(
             [self.table_offsets[f.table] for f in schema.categorical], dtype=torch.long), persistent=False)
+        self.register_buffer("cat_sizes", torch.tensor(
+            [f.vocab_size for f in schema.categorical], dtype=torch.long), persistent=False)
         self.numeric = [f.name for f in schema.numeric]
         n_numeric = sum(f.dim for f in schema.numeric)
         self.numeric_weight = nn.Parameter(torch.randn(n_numeric, dim) * init_std) if n_numeric else None
@@ -43,12 +81,45 @@ class FeatureEmbedding(nn.Module):
 
     def lookup(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
         """Embeddings of ``ids`` (any shape) in ``feature``'s table: ``[*ids.shape, D]``."""
-        return self.rows(ids + self.table_offsets[self.schema[feature].table])
+        f = self.schema[feature]
+        self.check_ids((feature,), ids.reshape(-1, 1), f.vocab_size)
+        return self.rows(ids + self.table_offsets[f.table])
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]``. Same as
-        ``F.embedding``; ``index_select``'s backward (an ``index_add``) is 2-15x faster on CPU."""
-        return self.weight.index_select(0, ids.reshape(-1)).view(*ids.shape, self.dim)
+        """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]``."""
+        return lookup_rows(self.weight, ids)
+
+    def check_ids(self, names, ids: torch.Tensor, sizes) -> None:
+        """Every id in ``[0, vocab_size)`` of its own feature, so it can never reach another table's
+        rows. ``ids`` ``[N, len(names)]``, ``sizes`` an int or ``[len(names)]``. Two passes over the
+        ids and one sync per call (cost: benchmarks/bench_id_bounds.py)."""
+        if ids.numel() and bool((ids.min() < 0) | (ids >= sizes).any()):
+            bad = (ids < 0) | (ids >= sizes)  # [N, F]
+            j = int(bad.any(0).nonzero()[0])
+            raise IndexError(
+                f"feature {names[j]!r} has {int(bad[:, j].sum())} ids outside this model's vocabulary "
+                f"[0, {int(torch.as_tensor(sizes).expand(len(names))[j])}), e.g. {ids[bad[:, j], j][:5].tolist()}: "
+                f"they would read another feature's embedding rows. Build the data and the model from the "
+                f"same schema (the data's vocab_size is larger than the model's)")
+
+    def get_extra_state(self) -> dict:
+        """The table layout (name: rows, in row order), saved in the state dict and checked on loading."""
+        return {"tables": dict(self.schema.tables)}
+
+    def set_extra_state(self, state: dict) -> None:
+        pass  # checked before any weight is copied, in _load_from_state_dict
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "_extra_state")
+        if saved is not None and list(saved["tables"].items()) != list(self.schema.tables.items()):
+            saved, mine = dict(saved["tables"]), dict(self.schema.tables)
+            diff = [f"{t!r}: saved {saved.get(t, 'absent')}, this model {mine.get(t, 'absent')}"
+                    for t in dict.fromkeys([*saved, *mine]) if saved.get(t) != mine.get(t)] or \
+                [f"the same tables in another order: saved {list(saved)}, this model {list(mine)}"]
+            raise ValueError(f"{prefix or 'the '}state dict comes from a FeatureEmbedding with another table "
+                             f"layout (table: rows): {'; '.join(diff)}. Its rows would land in other features' "
+                             f"tables; build the model from the schema it was trained with")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def sequence(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A sequence feature's embeddings ``[B, L, D]`` (zero at padding) and its mask ``[B, L]``."""
@@ -59,15 +130,14 @@ class FeatureEmbedding(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
         if self.categorical:
-            ids = torch.stack([batch[n] for n in self.categorical], dim=1) + self.cat_offsets  # [B, Fc]
-            parts.append(self.rows(ids))  # [B, Fc, D]
+            ids = torch.stack([batch[n] for n in self.categorical], dim=1)  # [B, Fc]
+            self.check_ids(self.categorical, ids, self.cat_sizes)
+            parts.append(self.rows(ids + self.cat_offsets))  # [B, Fc, D]
         if self.numeric:
             values = torch.cat([batch[n].reshape(len(batch[n]), -1) for n in self.numeric], dim=1)  # [B, Fn]
             parts.append(values.unsqueeze(-1) * self.numeric_weight)  # [B, Fn, D]
         for name in self.sequences:
-            emb, mask = self.sequence(batch, name)
-            pooled = emb.sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # mean over real positions
-            parts.append(pooled.unsqueeze(1))  # [B, 1, D]
+            parts.append(masked_mean(*self.sequence(batch, name)).unsqueeze(1))  # [B, 1, D]
         return torch.cat(parts, dim=1)
 
 
@@ -282,9 +352,8 @@ def attention_pooling(weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor
 
 
 def masked_mean(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the real positions (zero for an empty history): ``[B, L, D] -> [B, D]``."""
-    m = mask.to(keys.dtype)
-    return torch.einsum("bl,bld->bd", m, keys) / m.sum(1, keepdim=True).clamp(min=1)
+    """Mean over the real positions (zero for an empty history): ``[B, L, D], [B, L] -> [B, D]``."""
+    return (keys * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -326,3 +395,61 @@ class TargetAttention(nn.Module):
         w = masked_softmax(scores, mask.unsqueeze(1))                   # [B, H, L]
         out = torch.einsum("bhl,blhd->bhd", w, v).reshape(B, self.dim)  # [B, dim]
         return self.o(out), w
+
+
+def behaviour_pairs(schema: Schema, pairs=None) -> list[tuple[str, str]]:
+    """(candidate feature, history sequence) pairs: given, or every sequence whose embedding table
+    is shared with a categorical feature. All paired sequences must have the same length."""
+    if pairs is None:
+        by_table = {f.table: f.name for f in schema.categorical}
+        pairs = [(by_table[s.table], s.name) for s in schema.sequences if s.table in by_table]
+    pairs = [tuple(p) for p in pairs]
+    if not pairs:
+        raise ValueError("no behaviour sequence shares an embedding table with a candidate feature; "
+                         "declare Sequence(..., embedding='item_id') or pass pairs")
+    lengths = {schema[s].max_len for _, s in pairs}
+    if len(lengths) > 1:
+        raise ValueError(f"paired sequences must have one length, got {lengths}")
+    return pairs
+
+
+class BehaviourEmbedding(nn.Module):
+    """The embeddings a behaviour model (DIN, DIEN) reads, from ONE table (a candidate and its history
+    share rows): the other fields ``[B, F, D]`` (candidate, profile, context; unpaired sequences
+    mean-pooled), the candidate query ``[B, P*D]``, the history keys ``[B, L, P*D]`` (zero at
+    padding) and the history mask ``[B, L]``. ``pairs``: see :func:`behaviour_pairs`."""
+
+    def __init__(self, schema: Schema, dim: int, pairs=None, init_std: float = 1e-4):
+        super().__init__()
+        self.pairs = behaviour_pairs(schema, pairs)
+        paired = {s for _, s in self.pairs}
+        self.table = FeatureEmbedding(schema, dim, init_std, pool_sequences=False)
+        self.unpaired = [s.name for s in schema.sequences if s.name not in paired]
+        self.width = len(self.pairs) * dim
+
+    @property
+    def num_fields(self) -> int:
+        return self.table.num_fields + len(self.unpaired)
+
+    def forward(self, batch):
+        fields = self.table(batch)                                                               # [B, F, D]
+        if self.unpaired:
+            pooled = [masked_mean(*self.table.sequence(batch, s)).unsqueeze(1) for s in self.unpaired]
+            fields = torch.cat([fields, *pooled], dim=1)
+        query = torch.cat([self.table.lookup(t, batch[t]) for t, _ in self.pairs], dim=-1)       # [B, P*D]
+        seqs = [self.table.sequence(batch, s) for _, s in self.pairs]
+        keys = torch.cat([e for e, _ in seqs], dim=-1)                                           # [B, L, P*D]
+        return fields, query, keys, seqs[0][1]
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """``with eval_mode(model): ...`` runs the block in eval mode (dropout off, BatchNorm and Dice on
+    their running statistics) and then gives every submodule back the mode it had."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -11,11 +11,18 @@ import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss, roc_auc_score
 
+from ctrlib import checks as C
+
 EPS = 1e-7
+METRICS = ("auc", "gauc", "logloss", "calibration")
 
 
 def auc(y, p) -> float:
-    return float(roc_auc_score(np.asarray(y), np.asarray(p)))
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"AUC needs both clicks and non-clicks; all {len(y)} labels are "
+                         f"{y[0] if len(y) else 'absent'}")
+    return float(roc_auc_score(y, np.asarray(p)))
 
 
 def logloss(y, p) -> float:
@@ -55,15 +62,14 @@ def compute(y, p, groups=None, metrics=("auc", "logloss")) -> dict[str, float]:
     fns = {"auc": lambda: auc(y, p), "logloss": lambda: logloss(y, p),
            "calibration": lambda: calibration(y, p)}
     out = {}
-    for m in metrics:
+    for m in (metrics,) if isinstance(metrics, str) else metrics:
+        C.choice("metric", m, METRICS)
         if m == "gauc":
             if groups is None:
                 raise ValueError("gauc needs groups (e.g. the user ids)")
             out[m] = gauc(y, p, groups)
-        elif m in fns:
-            out[m] = fns[m]()
         else:
-            raise ValueError(f"unknown metric {m!r}; choose from auc, gauc, logloss, calibration")
+            out[m] = fns[m]()
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 import random
 import sys
@@ -22,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ctrlib import checks as C
 from ctrlib import metrics as M
 from ctrlib.data.tensors import TensorData
-from ctrlib.layers import FeatureEmbedding
+from ctrlib.layers import EmbeddingTable, FeatureEmbedding, eval_mode
 
 
 def seed_everything(seed: int) -> None:
@@ -79,7 +81,8 @@ def _as_logits(output, labels: tuple[str, ...]) -> tuple[dict[str, torch.Tensor]
 
 
 def _embedding_tables(model: nn.Module) -> list[torch.Tensor]:
-    return [m.weight for m in model.modules() if isinstance(m, FeatureEmbedding)]
+    """Every embedding table of ``model``: the weights of its FeatureEmbedding and EmbeddingTable layers."""
+    return [m.weight for m in model.modules() if isinstance(m, (FeatureEmbedding, EmbeddingTable))]
 
 
 def _native_bf16() -> bool:
@@ -97,6 +100,79 @@ def _show_progress(setting: bool | None) -> bool:
     return "ipykernel" in sys.modules or sys.stderr.isatty()
 
 
+def _check_config(cfg: TrainConfig) -> None:
+    C.integer("epochs", cfg.epochs, 1)
+    C.integer("batch_size", cfg.batch_size, 1)
+    C.integer("eval_batch_size", cfg.eval_batch_size, 1)
+    C.integer("patience", cfg.patience, 1, hint="it counts epochs without improvement before stopping")
+    C.real("lr", cfg.lr, 0, low_open=True)
+    C.real("weight_decay", cfg.weight_decay, 0)
+    C.real("embedding_l2", cfg.embedding_l2, 0)
+    if cfg.lr_decay is not None:
+        C.real("lr_decay", cfg.lr_decay, 0, 1, low_open=True, hint="the lr is multiplied by it; None: no decay")
+    if cfg.grad_clip is not None:
+        C.real("grad_clip", cfg.grad_clip, 0, low_open=True, hint="None: no clipping")
+    C.choice("monitor", cfg.monitor, ("auc", "gauc", "logloss"))
+    C.choice("autocast", cfg.autocast, (None, "bf16"))
+
+
+def _check_data(role: str, data, columns, mask: str | None = None) -> None:
+    """``data`` is a non-empty TensorData holding ``columns``; the first (the label) is in [0, 1]
+    wherever the loss reads it (the ``mask`` column's True positions)."""
+    _check_data_rows(f"fit ({role} data)", data)
+    missing = [k for k in (*columns, *([mask] if mask else [])) if k not in data.tensors]
+    if missing:
+        raise KeyError(f"the {role} data lacks columns {missing} (labels / loss_mask / group); "
+                       f"it has {list(data.tensors)}")
+    y = data[columns[0]][data[mask]] if mask else data[columns[0]]
+    if not bool(torch.isfinite(y).all() & (y >= 0).all() & (y <= 1).all()):
+        bad = y[~(torch.isfinite(y) & (y >= 0) & (y <= 1))]
+        raise ValueError(f"the {role} label {columns[0]!r} must be 0/1 clicks (or probabilities in [0, 1]); "
+                         f"{len(bad)} values are not, e.g. {C.examples(bad[:100].numpy())}. Binarise it first, "
+                         f"e.g. (rating >= 4).astype(int)")
+
+
+def _check_valid(valid: TensorData, label: str, cfg: TrainConfig) -> None:
+    """A validation set that can rank: 0/1 labels with both classes (per group for GAUC)."""
+    _check_data("validation", valid, (label, *([cfg.group] if cfg.monitor == "gauc" else [])))
+    y = valid[label]
+    if not bool(((y == 0) | (y == 1)).all()):
+        raise ValueError(f"the validation label {label!r} must hold 0/1 clicks for AUC, got e.g. "
+                         f"{C.examples(y[(y != 0) & (y != 1)][:100].numpy())}")
+    if len(y.unique()) < 2:
+        raise ValueError(f"the validation set holds only label {y[0].item():g} ({len(y)} rows): it cannot rank, so "
+                         f"AUC is undefined and no best epoch could be chosen. Use a validation split with "
+                         f"clicks and non-clicks (e.g. split by time), or valid=None")
+    if cfg.monitor == "gauc":
+        both = pd.DataFrame({"g": valid[cfg.group].numpy(), "y": y.numpy()}).groupby("g")["y"].nunique() > 1
+        if not both.any():
+            raise ValueError(f"monitor='gauc': no {cfg.group!r} group of the validation set has both a click and a "
+                             f"non-click ({len(both)} groups), so GAUC is undefined; monitor 'auc' instead")
+
+
+def _check_data_rows(role: str, data) -> None:
+    if not isinstance(data, TensorData):
+        raise TypeError(f"{role} needs a TensorData (TensorData.from_frame(df, model.schema)), "
+                        f"got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError(f"{role}: the data has no rows; check the split or filter that produced it")
+
+
+class _BestWeights:
+    """A copy of the best epoch's weights, restored at the end of fit or when it is interrupted."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.state, self.epoch = model, None, 0
+
+    def keep(self, epoch: int) -> None:
+        self.state, self.epoch = copy.deepcopy(self.model.state_dict()), epoch
+
+    def restore(self) -> bool:
+        if self.state is not None:
+            self.model.load_state_dict(self.state)
+        return self.state is not None
+
+
 def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
         config: TrainConfig | None = None, **overrides) -> FitResult:
     """Train with Adam, early stopping on the validation metric, and the best epoch's weights restored.
@@ -104,19 +180,35 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     ``fit(model, train, valid, epochs=5)`` is shorthand for ``config=TrainConfig(epochs=5)``.
     ``valid`` is a TensorData scored by :func:`evaluate`, or a function ``model -> {metric: value}``
     for models scored another way (the generative rankers score held-out events of a sequence).
+
+    Impossible arguments and data (no rows, labels outside [0, 1], a validation set of one class)
+    fail before training; a non-finite loss stops it (``FloatingPointError``, naming the epoch and
+    batch). On that or on Ctrl-C the best epoch's weights are restored before the error propagates.
+    Training draws from torch's global RNG seeded with ``seed`` inside a fork: the caller's RNG
+    state is the same after ``fit`` as before.
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
-    if cfg.monitor not in ("auc", "gauc", "logloss"):
-        raise ValueError(f"monitor must be auc, gauc or logloss, got {cfg.monitor!r}")
-    if cfg.autocast not in (None, "bf16"):
-        raise ValueError(f"autocast must be None or 'bf16', got {cfg.autocast!r}")
+    _check_config(cfg)
     if cfg.autocast == "bf16" and not _native_bf16():
         warnings.warn("this CPU has no native bfloat16 matrix units (AVX-512 BF16 / AMX): autocast='bf16' "
                       "will be emulated and is likely slower than float32; leave autocast=None", stacklevel=2)
     labels = _label_names(model)
-    missing = [k for k in (*labels, *([cfg.loss_mask] if cfg.loss_mask else [])) if k not in train.tensors]
-    if missing:
-        raise KeyError(f"the training data lacks columns {missing} (labels / loss_mask); it has {list(train.tensors)}")
+    _check_data("train", train, labels, cfg.loss_mask)
+    if valid is not None and not callable(valid):
+        _check_valid(valid, labels[0], cfg)
+    best = _BestWeights(model)
+    with torch.random.fork_rng(devices=[]):  # seeded inside, the caller's global RNG is left as it was
+        try:
+            return _train(model, train, valid, cfg, labels, best)
+        except (KeyboardInterrupt, FloatingPointError) as stop:
+            if best.restore():
+                warnings.warn(f"fit stopped ({type(stop).__name__}); the model holds the weights of epoch "
+                              f"{best.epoch}, the best so far", stacklevel=2)
+            raise
+
+
+def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels: tuple[str, ...],
+           best: _BestWeights) -> FitResult:
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny embeddings decayed by L2 turn subnormal and slow the CPU
     tables = _embedding_tables(model)
@@ -125,7 +217,7 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     optimizer = torch.optim.Adam([{"params": tables, "weight_decay": 0.0},
                                   {"params": others, "weight_decay": cfg.weight_decay}], lr=cfg.lr)
     sign = -1.0 if cfg.monitor == "logloss" else 1.0
-    best_score, best_epoch, best_state, bad_epochs = -np.inf, 0, None, 0
+    best_score, best_epoch, bad_epochs = -np.inf, 0, 0
     rows, train_seconds = [], 0.0
     stop_reason = "epoch cap" if valid is not None else "no validation"
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
@@ -135,7 +227,7 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     for epoch in bar:
         model.train()
         start, total, n = time.perf_counter(), 0.0, 0
-        for batch in train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+        for step, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch), 1):
             with autocast:
                 logits, aux = _as_logits(model(batch), labels)
             if cfg.loss_mask:  # e.g. [B, N] logits of which only the training events count
@@ -147,12 +239,18 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
                 loss = loss + aux
             if cfg.embedding_l2:
                 loss = loss + cfg.embedding_l2 / 2 * sum(t.pow(2).sum() for t in tables)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"the training loss is {value} at epoch {epoch}, batch {step} of "
+                    f"{train.num_batches(cfg.batch_size)}: training diverged. Lower lr (now {cfg.lr:g}), set "
+                    f"grad_clip, or look for huge values among the numeric features")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
-            total += float(loss.detach()) * len(batch[labels[0]])
+            total += value * len(batch[labels[0]])
             n += len(batch[labels[0]])
         seconds = time.perf_counter() - start
         train_seconds += seconds
@@ -165,9 +263,12 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
                 raise KeyError(f"validation returned {list(scores)}, not the monitored {cfg.monitor!r}")
             row.update({f"valid_{k}": v for k, v in scores.items()})
             score = sign * scores[cfg.monitor]
+            if math.isnan(score):
+                raise ValueError(f"the validation {cfg.monitor} is NaN at epoch {epoch}: the validation set "
+                                 f"cannot rank (one class only?); early stopping needs clicks and non-clicks")
             if score > best_score:
                 best_score, best_epoch, bad_epochs = score, epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
+                best.keep(epoch)
             else:
                 bad_epochs += 1
                 if cfg.lr_decay:
@@ -178,9 +279,7 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
         if valid is not None and bad_epochs >= cfg.patience:
             stop_reason = "early stopping"
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
+    if not best.restore():
         best_epoch = len(rows)
     return FitResult(pd.DataFrame(rows), best_epoch, sign * best_score if valid is not None else float("nan"),
                      train_seconds, cfg, stop_reason)
@@ -189,23 +288,37 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
 @torch.no_grad()
 def predict(model: nn.Module, data: TensorData, batch_size: int = 16_384) -> np.ndarray | dict[str, np.ndarray]:
     """Click probabilities: an array for one task, a dict of arrays for several."""
+    _check_data_rows("predict", data)
+    C.integer("batch_size", batch_size, 1)
     labels = _label_names(model)
-    was_training = model.training
-    model.eval()
     chunks: dict[str, list] = {}
-    for batch in data.batches(batch_size):
-        logits, _ = _as_logits(model(batch), labels)
-        for k, z in logits.items():
-            chunks.setdefault(k, []).append(torch.sigmoid(z.float()).numpy())
-    model.train(was_training)
+    with eval_mode(model):
+        for batch in data.batches(batch_size):
+            logits, _ = _as_logits(model(batch), labels)
+            for k, z in logits.items():
+                chunks.setdefault(k, []).append(torch.sigmoid(z.float()).numpy())
     out = {k: np.concatenate(v) for k, v in chunks.items()}
+    for k, p in out.items():
+        if not np.isfinite(p).all():
+            raise FloatingPointError(f"the model predicts NaN for {int((~np.isfinite(p)).sum())} of {len(p)} rows "
+                                     f"({k!r}): its weights or inputs are not finite (a diverged fit?)")
     return out[labels[0]] if len(out) == 1 else out
 
 
 def evaluate(model: nn.Module, data: TensorData, metrics=("auc", "logloss"), group: str = "user_id",
              batch_size: int = 16_384) -> dict[str, float]:
     """Metrics of ``model`` on ``data`` for the first label (see :func:`ctrlib.metrics.compute`)."""
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    for m in metrics:
+        C.choice("metric", m, M.METRICS)
     labels = _label_names(model)
+    _check_data_rows("evaluate", data)
+    if labels[0] not in data.tensors:
+        raise KeyError(f"evaluate: the data lacks the label {labels[0]!r}; it has {list(data.tensors)}")
+    if "gauc" in metrics and group not in data.tensors:
+        raise KeyError(f"evaluate: gauc groups by {group!r}, which the data lacks (it has {list(data.tensors)}). "
+                       f"Carry the column with Schema(extras=({group!r},)) or TensorData.from_frame(df, schema, "
+                       f"extras=({group!r},)), or pass group=<a column it has>")
     p = predict(model, data, batch_size)
     p = p[labels[0]] if isinstance(p, dict) else p
     groups = data[group].numpy() if "gauc" in metrics else None

@@ -147,12 +147,12 @@ def test_auxiliary_loss_equals_a_loop():
 FIELDS = ["user_id", "age", "gender", "device", "item_id", "category", "price", "hour"]
 ITEM = ["item_id", "category", "price"]
 MODELS = {
-    "din": lambda s: DIN(s, 8, "din", hidden=(32,)),
-    "din_prelu": lambda s: DIN(s, 8, "din", activation="prelu", hidden=(32,)),
-    "softmax": lambda s: DIN(s, 8, "softmax", hidden=(32,), num_heads=2),
-    "mean": lambda s: DIN(s, 8, "mean", hidden=(32,)),
-    "sum": lambda s: DIN(s, 8, "sum", hidden=(32,)),
-    "two_tower": lambda s: TwoTower(s, ITEM, 8, (32,), 16),
+    "din": lambda s: DIN(s, 8, (32,), attention="din"),
+    "din_prelu": lambda s: DIN(s, 8, (32,), attention="din", activation="prelu"),
+    "softmax": lambda s: DIN(s, 8, (32,), attention="softmax", num_heads=2),
+    "mean": lambda s: DIN(s, 8, (32,), attention="mean"),
+    "sum": lambda s: DIN(s, 8, (32,), attention="sum"),
+    "two_tower": lambda s: TwoTower(s, 8, (32,), 16, item_features=ITEM),
     "dien": lambda s: DIEN(s, 8, hidden=(32,)),
     "dien_no_aux": lambda s: DIEN(s, 8, aux_weight=0.0, hidden=(32,)),
 }
@@ -187,19 +187,19 @@ def test_attention_weights_vanish_at_padding_and_pooling_flags_differ(seq_data):
     mask = batch["hist_item_id"] > 0
     for attention in ("din", "softmax", "mean", "sum"):
         seed_everything(0)
-        w = DIN(schema, 8, attention).attention_weights(batch)
+        w = DIN(schema, 8, attention=attention).attention_weights(batch)
         assert w.shape == mask.shape and torch.all(w[~mask] == 0), attention
     seed_everything(0)
     w = DIEN(schema, 8).attention_weights(batch)
     assert torch.allclose(w.sum(1), torch.ones(32)) and torch.all(w[~mask] == 0)
     with pytest.raises(ValueError, match="attention must be"):
-        DIN(schema, 8, "max")
+        DIN(schema, 8, attention="max")
 
 
 def test_two_tower_logit_is_a_dot_product_of_towers(seq_data):
     schema, (train, _, _) = seq_data
     seed_everything(0)
-    model = TwoTower(schema, ITEM, 8, (16,), 4)
+    model = TwoTower(schema, 8, (16,), 4, item_features=ITEM)
     batch = next(train.batches(16))
     u, v = model.towers(batch)
     torch.testing.assert_close(model(batch), (u * v).sum(1) + model.bias)
@@ -207,7 +207,7 @@ def test_two_tower_logit_is_a_dot_product_of_towers(seq_data):
                  price=batch["price"].flip(0))
     torch.testing.assert_close(model.towers(other)[0], u)  # the user vector ignores the candidate
     with pytest.raises(KeyError):
-        TwoTower(schema, ["nope"])
+        TwoTower(schema, item_features=["nope"])
 
 
 def test_dien_same_seed_same_numbers(seq_data):

@@ -5,8 +5,8 @@ from sklearn.metrics import roc_auc_score
 
 from ctrlib.data import CTRWorld, TensorData, split_by_time
 from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Run, _weighted_auc, claim,
-                               claims_table, compare, compare_deltas, compare_samples, describe, recompute_verdict, run_arm, say,
-                               verdict)
+                               claims_table, compare, compare_deltas, compare_paired_samples, compare_samples,
+                               describe, recompute_verdict, run_arm, run_scored_arm, say, verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
 
@@ -154,6 +154,26 @@ def test_run_arm_is_reproducible_and_records_why_runs_stopped(small_world):
         run_arm("LR", lambda: LogisticRegression(schema), train, valid, test, cfg, seeds=[])
 
 
+def test_run_scored_arm_equals_run_arm_when_scoring_the_same_rows(small_world):
+    """An arm scored by a function is the same arm as run_arm's when the function predicts the test set."""
+    from ctrlib.train import predict
+    schema, (train, valid, test) = small_world
+    cfg = TrainConfig(epochs=2, batch_size=512, patience=5, progress=False)
+    build = lambda: DeepFM(schema, 4, (16,))  # noqa: E731
+    plain = run_arm("DeepFM", build, train, valid, test, cfg, seeds=[0, 1])
+    scored = run_scored_arm("DeepFM", build, train, valid,
+                            lambda m: (test["label"].numpy(), predict(m, test), None), cfg, seeds=[0, 1])
+    assert scored.values("auc").tolist() == plain.values("auc").tolist()
+    assert scored.stop_reasons() == plain.stop_reasons()
+    assert compare(plain, scored, n_boot=20)["delta"] == 0.0
+    shuffled = iter([test["label"].numpy(), test["label"].numpy()[::-1]])
+    with pytest.raises(ValueError, match="different test labels"):
+        run_scored_arm("DeepFM", build, train, valid, lambda m: (next(shuffled), predict(m, test), None), cfg,
+                       seeds=[0, 1])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        run_scored_arm("DeepFM", build, train, valid, lambda m: None, cfg, seeds=[])
+
+
 def test_claims_check_reports_each_protocol_breach():
     import claims as claims_check  # tools/claims.py
 
@@ -187,3 +207,21 @@ def test_compare_deltas_adds_independent_errors_in_quadrature():
         compare_deltas(a, {**b, "seeds": [0]})
     with pytest.raises(KeyError, match="se_test"):
         compare_deltas(a, {"delta": 0.0, "seeds": [0, 1, 2], "n_test": 1})
+
+
+def test_paired_samples_cancel_shared_drift():
+    """Timings that drift together (load) give a tight paired interval where the unpaired one is wide."""
+    rng = np.random.default_rng(0)
+    load = rng.lognormal(0, 0.6, 8)                   # the machine's slowdown, shared by each A/B pair
+    a, b = 2.0 * load * rng.lognormal(0, 0.02, 8), 1.0 * load * rng.lognormal(0, 0.02, 8)
+    e = compare_paired_samples(a, b)
+    assert e["delta"] == pytest.approx(-0.5, abs=0.03) and e["ci"][1] < -0.4, e
+    assert verdict(e["ci"], "less") == REPRODUCED
+    unpaired = compare_samples(a, b, "median_ratio")
+    assert unpaired["ci"][1] - unpaired["ci"][0] > 3 * (e["ci"][1] - e["ci"][0])
+    same = compare_paired_samples(a, a * rng.lognormal(0, 0.02, 8))
+    assert same["ci"][0] < 0 < same["ci"][1]
+    with pytest.raises(ValueError, match="equally long"):
+        compare_paired_samples(a, b[:3])
+    with pytest.raises(ValueError, match="positive"):
+        compare_paired_samples(a, -b)

@@ -4,8 +4,8 @@ import itertools
 import torch
 
 from ctrlib.data import Categorical, Numeric, Schema, Sequence
-from ctrlib.layers import (MLP, CrossNet, FastDropout, FeatureEmbedding, LinearTerm, dot_interaction, fm_interaction,
-                           random_keep_mask)
+from ctrlib.layers import (MLP, CrossNet, EmbeddingTable, FastDropout, FeatureEmbedding, LinearTerm, dot_interaction,
+                           eval_mode, fm_interaction, lookup_rows, random_keep_mask)
 
 torch.manual_seed(0)
 
@@ -114,3 +114,43 @@ def test_fast_dropout_is_inverted_dropout():
     torch.testing.assert_close(drop(x), y)  # the seed fixes the mask
     drop.eval()
     assert drop(x) is x
+
+
+def test_lookup_rows_equals_f_embedding():
+    w, ids = torch.randn(10, 3, requires_grad=True), torch.tensor([[1, 4, 4], [0, 9, 1]])
+    torch.testing.assert_close(lookup_rows(w, ids), torch.nn.functional.embedding(ids, w))
+    lookup_rows(w, ids).sum().backward()
+    assert w.grad[4].eq(2).all() and w.grad[2].eq(0).all()  # one gradient per lookup, none elsewhere
+
+
+def test_embedding_table_is_nn_embedding_with_the_same_numbers():
+    """Same init under the same seed, same rows, same padding semantics (the value is returned,
+    lookups give the padding row no gradient)."""
+    torch.manual_seed(3)
+    ref = torch.nn.Embedding(12, 4, padding_idx=0)
+    torch.manual_seed(3)
+    table = EmbeddingTable(12, 4, padding_idx=0)
+    assert torch.equal(table.weight, ref.weight) and table.weight[0].eq(0).all()
+    with torch.no_grad():
+        table.weight.normal_()  # a nonzero padding row, as after the generative rankers' re-init
+        ref.weight.copy_(table.weight)
+    ids = torch.tensor([[0, 3, 3, 7], [0, 0, 5, 11]])
+    out, expected = table(ids), ref(ids)
+    torch.testing.assert_close(out, expected)
+    (out * torch.arange(4.0)).sum().backward()
+    (expected * torch.arange(4.0)).sum().backward()
+    torch.testing.assert_close(table.weight.grad, ref.weight.grad)
+    assert table.weight.grad[0].eq(0).all()
+    torch.manual_seed(5)
+    plain = EmbeddingTable(12, 4).weight  # no padding row
+    torch.manual_seed(5)
+    assert torch.equal(plain, torch.nn.Embedding(12, 4).weight)
+
+
+def test_eval_mode_restores_every_submodule():
+    model = torch.nn.Sequential(torch.nn.Dropout(0.5), torch.nn.BatchNorm1d(3))
+    model.train()
+    model[1].eval()  # a mixed state: model.train(was) would not restore it
+    with eval_mode(model):
+        assert not any(m.training for m in model.modules())
+    assert model.training and model[0].training and not model[1].training

@@ -11,9 +11,9 @@ MODELS = {
     "lr": lambda s: LogisticRegression(s),
     "fm": lambda s: FM(s, 8),
     "deepfm": lambda s: DeepFM(s, 8, (32, 16)),
-    "dcn_v1": lambda s: DCN(s, 8, 2, (32,), version=1),
-    "dcn_v2_stacked_lowrank": lambda s: DCN(s, 8, 2, (32,), version=2, low_rank=4, structure="stacked"),
-    "dlrm": lambda s: DLRM(s, 8, top_hidden=(32,)),
+    "dcn_v1": lambda s: DCN(s, 8, (32,), cross_layers=2, version=1),
+    "dcn_v2_stacked_lowrank": lambda s: DCN(s, 8, (32,), cross_layers=2, version=2, low_rank=4, structure="stacked"),
+    "dlrm": lambda s: DLRM(s, 8, (32,)),
 }
 
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
+import os
+import threading
+import time
 import urllib.request
 import warnings
 import zipfile
@@ -99,6 +103,9 @@ def assert_expected(ds: MovieLens100K) -> None:
 def listing(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
 
+
+ORIGINAL_URLOPEN = urllib.request.urlopen          # captured before the no_network fixture replaces them
+ORIGINAL_DOWNLOAD_GROUPLENS = ml.download_grouplens_zip
 
 # --- fixtures: no network, fakes that pass verification -------------------------------------------
 
@@ -452,3 +459,86 @@ def test_real_movielens_100k():
     assert items.loc[267, "title"] == "unknown" and pd.isna(items.loc[267, "year"])
     assert items.loc[1412, "year"] == 1995
     assert ds.ratings.groupby("user_id").size().min() == 20          # every user rated >= 20 movies
+
+
+# --- deadline, offline switch, stale temporaries, ~ (issue 13) -------------------------------------
+
+class _Trickle(http.server.BaseHTTPRequestHandler):
+    """Promises a megabyte, then sends one byte every 20 ms: each read succeeds, the whole never ends."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        try:
+            for _ in range(1000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.02)
+        except OSError:  # the client gave up
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def trickle_url():
+    """A local server on 127.0.0.1 (no network) that trickles bytes."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/ml-100k.zip"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_has_an_overall_deadline(tmp_path, monkeypatch, trickle_url):
+    monkeypatch.setattr(urllib.request, "urlopen", ORIGINAL_URLOPEN)   # a local server only
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"exceeded its 0.5 s deadline \([\d,]+ bytes received\).*by hand"):
+        ORIGINAL_DOWNLOAD_GROUPLENS(tmp_path, timeout=5, deadline=0.5, url=trickle_url)
+    assert time.monotonic() - start < 5           # not the 20 s the server would trickle for
+
+
+def test_offline_switch_skips_every_download(data_dir, monkeypatch, no_network):
+    monkeypatch.setenv(ml.OFFLINE_ENV, "1")
+    with pytest.raises(DatasetUnavailableError) as error:
+        load_movielens_100k(data_dir)
+    assert no_network == []                       # no downloader was even called
+    assert str(error.value).count("skipped: CTRLIB_OFFLINE=1 (offline)") == 2
+
+
+def test_offline_switch_still_reads_hand_placed_files(data_dir, fake_wheel, monkeypatch, no_network):
+    monkeypatch.setenv(ml.OFFLINE_ENV, "1")
+    assert load_movielens_100k(data_dir).source == "recbole" and no_network == []
+
+
+def test_offline_switch_refuses_an_unclear_value(data_dir, monkeypatch):
+    monkeypatch.setenv(ml.OFFLINE_ENV, "maybe")
+    with pytest.raises(ValueError, match="CTRLIB_OFFLINE must be 1 \\(offline\\) or 0, got 'maybe'"):
+        load_movielens_100k(data_dir)
+
+
+def test_stale_temporaries_of_a_killed_cache_write_are_removed(data_dir, fake_wheel):
+    cache = data_dir / ml.CACHE_DIRNAME
+    cache.mkdir()
+    stale = cache / ".ratings.csv.k1ll3d.tmp"
+    stale.write_text("half a file")
+    old = time.time() - 2 * ml.STALE_TMP_S
+    os.utime(stale, (old, old))
+    fresh = cache / ".users.csv.n0w.tmp"          # another process writing right now keeps its file
+    fresh.write_text("in progress")
+    load_movielens_100k(data_dir)
+    assert not stale.exists() and fresh.exists()
+
+
+def test_tilde_in_data_dir_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mydata").mkdir()
+    members = recbole_members()
+    write_zip(tmp_path / "mydata" / ml.RECBOLE_WHEEL_FILENAME, members)
+    monkeypatch.setattr(ml, "RECBOLE_MEMBER_SHA256", member_digests(members))
+    assert load_movielens_100k("~/mydata").source == "recbole"
+    assert (tmp_path / "mydata" / ml.CACHE_DIRNAME / ml.MANIFEST).is_file()
+    assert not (tmp_path / "~").exists()          # no directory literally named '~'

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
@@ -102,22 +102,26 @@ def _bands_04_apg(res):
 BANDS["04_apg"] = _bands_04_apg
 
 
-def _bands_05_dfgr_hstu(res):
-    m, leak, eff = res["models"], res["leak"], res["efficiency"]
+def _bands_08_dfgr_hstu(res):
+    """DFGR vs HSTU: structural facts that hold in any mode. The mask checks pass; the four arms and both
+    datasets are recorded; nothing beats the oracle's logloss (the oracle sees the same history plus the
+    user-level terms); the serving path reproduces the teacher-forced predictions of the correct mask;
+    the leaky mask reads the label in training (its teacher-forced training AUC is far above the correct
+    mask's); the attention-FLOPs ratios are the analytic ones. Paper claims are checked in full mode."""
+    m, o, leak, eff = res["models"], res["oracle"], res["leak"], res["efficiency"]
     assert all(res["mask_checks"].values()), res["mask_checks"]
-    for name in ("DeepFM", "DIN", "MetaGR", "DFGR"):
-        assert m[name]["auc"] > 0.58, f"{name} barely learns: AUC {m[name]['auc']:.4f}"
-    # reading actions in context beats DeepFM's mean-pooled history (margin ~0.05 in QUICK mode)
-    assert m["DFGR"]["auc"] > m["DeepFM"]["auc"], (m["DFGR"], m["DeepFM"])
-    # the leakage check: a leaky mask inflates training AUC and does not carry over to the test window
-    assert leak["leak_train_auc"] > leak["train_auc"] + 0.03, leak
-    assert leak["leak_test_auc"] < leak["leak_train_auc"] - 0.1, leak
-    assert eff["train_flops_ratio"] < 0.6, eff
-    for name, r in res["movielens"].items():
-        assert 0.6 < r["auc"] < 0.95, f"MovieLens {name}: AUC {r['auc']:.4f}"
+    assert set(m) == set(res["movielens"]) == {"DeepFM", "DIN", "MetaGR", "DFGR"}, (sorted(m), sorted(res["movielens"]))
+    for name, r in m.items():
+        assert r["logloss"] > o["logloss"], f"{name}: logloss {r['logloss']:.4f} beats the oracle's {o['logloss']:.4f}"
+        assert r["gauc"] < o["gauc"] + AUC_TOL, f"{name}: GAUC {r['gauc']:.4f} beats the oracle's {o['gauc']:.4f}"
+    assert leak["served_vs_teacher_forced_max_diff"] < 1e-4, leak
+    assert leak["leak_train_auc"] > leak["train_auc"] + 0.05, leak
+    assert abs(eff["train_flops_ratio"] - 0.5) < 0.02, eff
+    assert eff["latency_flops_ratio_max_candidates"] < 0.5, eff
+    assert {c["arms"][1] for c in res["claims"] if c["headline"]} >= {"DFGR", "DFGR (MovieLens)"}, res["claims"]
 
 
-BANDS["05_dfgr_hstu"] = _bands_05_dfgr_hstu
+BANDS["08_dfgr_hstu"] = _bands_08_dfgr_hstu
 
 
 def _bands_03_user_behaviour(res):
@@ -130,7 +134,8 @@ def _bands_03_user_behaviour(res):
         assert r["auc"] > 0.58, f"{name} barely learns: AUC {r['auc']:.4f}"
         assert r["gauc"] <= oracle["gauc"] + 0.005, f"{name}: GAUC {r['gauc']:.4f} above the oracle's"
     assert m["DIN"]["auc"] > m["mean pooling"]["auc"], (m["DIN"], m["mean pooling"])  # QUICK margin ~0.05
-    assert set(res["attention"]) == {"mean_weight_match", "mean_weight_other"}  # weights are learned late: no order in QUICK
+    # the weights are learned late: no order between them in QUICK
+    assert set(res["attention"]) == {"mean_weight_match", "mean_weight_other"}
     for name, r in res["movielens"].items():
         assert 0.55 < r["auc"] < 0.95 and r["logloss"] < 0.75, f"MovieLens {name}: {r}"
 

@@ -25,7 +25,7 @@ def small_world(**kw):
     return CTRWorld(**{**cfg, **kw})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _world():
     return small_world()
 
@@ -73,7 +73,8 @@ def test_behaviour_stream_follows_the_clock():
     assert a[on_interest].mean() > 1.3 * a_random[on_interest].mean()
     # During an event, everyone's behaviours lean to the event category.
     day = log["timestamp"] // 86_400
-    ev = np.where((day >= 0) & (day < w.config.n_days), w._time["event_category"][np.clip(day, 0, w.config.n_days - 1)], -1)
+    ev = np.where((day >= 0) & (day < w.config.n_days),
+                  w._time["event_category"][np.clip(day, 0, w.config.n_days - 1)], -1)
     share_in_event = (log["category"][ev >= 0] == ev[ev >= 0]).mean()
     assert share_in_event > 0.2
 
@@ -146,8 +147,10 @@ def test_plain_cell_is_torch_lstm_cell():
     torch.manual_seed(0)
     cell, ref = TimeLSTMCell(5, 4, time_aware=False), torch.nn.LSTMCell(5, 4)
     with torch.no_grad():
-        ref.weight_ih.copy_(cell.x_proj.weight); ref.bias_ih.copy_(cell.x_proj.bias)
-        ref.weight_hh.copy_(cell.h_proj.weight); ref.bias_hh.zero_()
+        ref.weight_ih.copy_(cell.x_proj.weight)
+        ref.bias_ih.copy_(cell.x_proj.bias)
+        ref.weight_hh.copy_(cell.h_proj.weight)
+        ref.bias_hh.zero_()
     x, h, c = torch.randn(3, 5), torch.randn(3, 4), torch.randn(3, 4)
     for a, b in zip(cell(x, torch.rand(3), (h, c)), ref(x, (h, c))):
         torch.testing.assert_close(a, b)
@@ -284,7 +287,8 @@ def test_tlsi_needs_a_module_and_handles_empty_histories():
     with pytest.raises(ValueError, match="long-term module"):
         TLSI(schema, long=False, short=False)
     batch = {k: v[:8].clone() for k, v in data.tensors.items()}
-    batch["hist_item_id"].zero_(); batch["hist_category"].zero_(); batch["hist_timestamp"].zero_()
+    for name in ("hist_item_id", "hist_category", "hist_timestamp"):
+        batch[name].zero_()
     assert torch.isfinite(TLSI(schema, 8)(batch)).all()
 
 

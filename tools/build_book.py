@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from ctrlib.book import quick_from_env
+
 ROOT = Path(__file__).resolve().parents[1]
 CELL_TIMEOUT_S = 1200
 KERNEL = "python3"
@@ -54,10 +56,6 @@ class Layout:
     @property
     def html(self) -> Path:
         return self.path_output / "_build" / "html"
-
-
-def quick_from_env() -> bool:
-    return os.environ.get("CTRLIB_QUICK", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def toc_entries(root: Path = ROOT) -> list[str]:

@@ -1,34 +1,19 @@
 """Clock features of integer timestamps (seconds): hour of day, day of week, log-bucketed gaps.
 
 The time-aware models read raw seconds (:class:`ctrlib.data.schema.Timestamp` features) and turn
-them into codes with these functions; :func:`add_time_gaps` turns them into an id feature a
-time-blind model can embed (the chapter's "DIN with time gaps").
+them into codes with :func:`hour_and_weekday` and :func:`gap_bucket` (defined beside
+``Timestamp`` in the schema module, which model files may import); :func:`add_time_gaps` turns
+them into an id feature a time-blind model can embed (the chapter's "DIN with time gaps").
 """
 from __future__ import annotations
 
 import torch
 
-from ctrlib.data.schema import Categorical, Schema, Sequence, Timestamp
+from ctrlib.data.schema import (N_GAP_BUCKETS, SECONDS_PER_DAY, SECONDS_PER_HOUR, Categorical, Schema, Sequence,
+                                Timestamp, gap_bucket, hour_and_weekday)
 from ctrlib.data.tensors import TensorData
 
-SECONDS_PER_HOUR, SECONDS_PER_DAY = 3600, 86_400
-N_GAP_BUCKETS = 20
-
-
-def hour_and_weekday(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hour of day (0..23) and day of week (0..6) of integer timestamps in seconds (any shape).
-    Floor division, so times before the epoch (negative) are handled too."""
-    hour = torch.remainder(torch.div(t, SECONDS_PER_HOUR, rounding_mode="floor"), 24)
-    dow = torch.remainder(torch.div(t, SECONDS_PER_DAY, rounding_mode="floor"), 7)
-    return hour, dow
-
-
-def gap_bucket(gap_seconds: torch.Tensor, n_buckets: int = N_GAP_BUCKETS) -> torch.Tensor:
-    """Log2 buckets of a time gap in minutes: 0 for under a minute, b for [2^b - 1, 2^(b+1) - 1)
-    minutes, clamped to ``n_buckets - 1`` (bucket 19 starts at about a year). Negative gaps -> 0."""
-    minutes = gap_seconds.clamp(min=0).double() / 60
-    return torch.floor(torch.log2(1 + minutes)).long().clamp(max=n_buckets - 1)
-
+__all__ = ["N_GAP_BUCKETS", "SECONDS_PER_DAY", "SECONDS_PER_HOUR", "add_time_gaps", "gap_bucket", "hour_and_weekday"]
 
 def add_time_gaps(data: TensorData, schema: Schema, time: str = "timestamp", history_time: str = "hist_timestamp",
                   history: str = "hist_item_id", name: str = "gap") -> tuple[TensorData, Schema]:

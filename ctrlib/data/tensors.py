@@ -7,21 +7,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ctrlib import checks as C
 from ctrlib.data.schema import Categorical, Numeric, Schema, Sequence, Timestamp
-
-
-def _timestamps(f: Timestamp, col: pd.Series) -> torch.Tensor:
-    """A timestamp column as int64 seconds: ``[N]``, or ``[N, max_len]`` from equal-length arrays."""
-    if f.max_len is None:
-        arr = col.to_numpy()
-    else:
-        arr = np.stack(col.to_numpy()) if len(col) else np.zeros((0, f.max_len), dtype=np.int64)
-        if arr.ndim != 2 or arr.shape[1] != f.max_len:
-            raise ValueError(f"timestamp sequence {f.name!r} must hold arrays of length {f.max_len}, "
-                             f"got shape {arr.shape}")
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"timestamp {f.name!r} must hold integer seconds, got dtype {arr.dtype}")
-    return torch.as_tensor(arr.astype(np.int64))
 
 
 class TensorData:
@@ -38,40 +25,39 @@ class TensorData:
         self.tensors = tensors
 
     @classmethod
-    def from_frame(cls, df: pd.DataFrame, schema: Schema, extras: tuple[str, ...] = ()) -> "TensorData":
-        """Tensors for every schema column of ``df`` (sequence columns hold equal-length arrays)."""
+    def from_frame(cls, df: pd.DataFrame, schema: Schema, extras: tuple[str, ...] = ()) -> TensorData:
+        """Tensors for every schema column of ``df`` (sequence columns hold equal-length arrays).
+
+        Every column is checked against the schema (ids integral and within the feature's vocabulary,
+        numeric values finite and of the declared width, labels in [0, 1]) and copied, so the
+        tensors never share memory with ``df``."""
+        if not isinstance(df, pd.DataFrame):
+            raise TypeError(f"from_frame needs a pandas DataFrame, got {type(df).__name__}")
+        if not isinstance(schema, Schema):
+            raise TypeError(f"from_frame needs a Schema, got {type(schema).__name__}")
         wanted = schema.columns + [c for c in extras if c not in schema.columns]
         missing = [c for c in wanted if c not in df.columns]
         if missing:
             raise KeyError(f"the frame lacks columns {missing} that the schema needs; "
                            f"it has {list(df.columns)}")
+        if len(df) == 0:
+            raise ValueError("the frame has no rows; check the split or filter that produced it")
         tensors = {}
         for f in schema.features:
             col = df[f.name]
             if isinstance(f, Sequence):
-                arr = np.stack(col.to_numpy()) if len(col) else np.zeros((0, f.max_len))
-                if arr.ndim != 2 or arr.shape[1] != f.max_len:
-                    raise ValueError(f"sequence {f.name!r} must hold arrays of length {f.max_len}, "
-                                     f"got shape {arr.shape}")
-                tensors[f.name] = torch.as_tensor(arr, dtype=torch.long)
+                tensors[f.name] = torch.from_numpy(C.ids(f.name, _stack(col, f.name, f.max_len), f.vocab_size))
             elif isinstance(f, Categorical):
-                tensors[f.name] = torch.tensor(col.to_numpy(), dtype=torch.long)
+                tensors[f.name] = torch.from_numpy(C.ids(f.name, col.to_numpy(), f.vocab_size))
             elif isinstance(f, Numeric):
-                arr = np.stack(col.to_numpy()) if f.dim > 1 else col.to_numpy()
-                tensors[f.name] = torch.as_tensor(arr, dtype=torch.float32)
+                arr = _stack(col, f.name, f.dim) if f.dim > 1 else col.to_numpy()
+                tensors[f.name] = torch.from_numpy(C.finite_floats(f.name, arr))
             elif isinstance(f, Timestamp):
                 tensors[f.name] = _timestamps(f, col)
-        for f in schema.id_features:
-            t = tensors[f.name]
-            if len(t) and (int(t.min()) < 0 or int(t.max()) >= f.vocab_size):
-                raise ValueError(f"feature {f.name!r} has ids in [{int(t.min())}, {int(t.max())}] "
-                                 f"outside its vocabulary [0, {f.vocab_size}); encode it with a Vocab "
-                                 f"or raise vocab_size")
         for name in schema.labels:
-            tensors[name] = torch.tensor(df[name].to_numpy(), dtype=torch.float32)
+            tensors[name] = torch.from_numpy(C.labels(name, df[name].to_numpy()))
         for name in wanted[len(schema.features) + len(schema.labels):]:
-            values = df[name].to_numpy()
-            tensors[name] = torch.tensor(values)
+            tensors[name] = torch.from_numpy(C.column_values(name, df[name].to_numpy()))
         return cls(tensors)
 
     def __len__(self) -> int:
@@ -80,7 +66,7 @@ class TensorData:
     def __getitem__(self, key: str) -> torch.Tensor:
         return self.tensors[key]
 
-    def subset(self, index) -> "TensorData":
+    def subset(self, index) -> TensorData:
         index = torch.as_tensor(index)
         return TensorData({k: v[index] for k, v in self.tensors.items()})
 
@@ -98,3 +84,30 @@ class TensorData:
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
+
+
+def _timestamps(f: Timestamp, col: pd.Series) -> torch.Tensor:
+    """A timestamp column as int64 seconds: ``[N]``, or ``[N, max_len]`` from equal-length arrays."""
+    if f.max_len is None:
+        arr = col.to_numpy()
+    else:
+        arr = _stack(col, f.name, f.max_len) if len(col) else np.zeros((0, f.max_len), dtype=np.int64)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"timestamp {f.name!r} must hold integer seconds, got dtype {arr.dtype}")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _stack(col: pd.Series, name: str, width: int) -> np.ndarray:
+    """A column of equal-length arrays as ``[N, width]``, or an error naming the column and the lengths."""
+    try:
+        arr = np.stack(col.to_numpy())
+    except (TypeError, ValueError):  # ragged, scalars or missing values among the arrays
+        lengths = col.map(lambda v: len(v) if hasattr(v, "__len__") else None)
+        counts = lengths.value_counts(dropna=False).to_dict()
+        raise ValueError(f"column {name!r} must hold arrays of length {width} in every row; found lengths "
+                         f"{counts} (length: rows; None = not an array). Pad or cut every row to "
+                         f"{width} (left-pad sequences with 0)") from None
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise ValueError(f"column {name!r} must hold arrays of length {width} in every row; they stack to "
+                         f"shape {arr.shape}. Declare the feature with that width or fix the column")
+    return arr

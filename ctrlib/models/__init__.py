@@ -1,4 +1,29 @@
-"""One file per model family. Every model takes a schema, reads a dict batch, returns logits ``[B]``."""
+"""One file per model family. Every model follows one contract.
+
+Constructor: ``Model(schema, embedding_dim, hidden, ...)``
+    ``schema`` (a :class:`ctrlib.data.Schema`) first: the model reads every input through it and
+    sizes its embedding tables from it. Then ``embedding_dim`` (the width of an id's embedding) and
+    ``hidden`` (the widths of the model's main MLP), in that order, for the models that have them:
+    ``LogisticRegression(schema)`` has neither, ``FM(schema, embedding_dim)`` no MLP. Everything
+    after those is the model's own option, with a default (``DCN(..., cross_layers=3)``), except
+    what the schema cannot say (``TwoTower(..., item_features=[...])``, keyword-only).
+    Wrappers take the model they compose first: ``APG(DeepFM(schema, ...), ...)``.
+
+Forward: ``model(batch) -> logits``
+    ``batch`` is a dict of tensors with (at least) the schema's columns. The result is ``[B]``
+    logits for the schema's label; ``[B, N]`` for a sequence ranker that scores every event of a
+    sequence (the generative rankers, :class:`GenerativeRanker`: one logit per event, see
+    ``TrainConfig.loss_mask``); or a dict ``{label: [B] logits, ..., "aux_loss": scalar}`` for
+    several tasks or an extra loss (DIEN's auxiliary loss in training).
+
+Parameters: every embedding table is a :class:`ctrlib.layers.FeatureEmbedding` or a
+:class:`ctrlib.layers.EmbeddingTable` (never a bare ``nn.Embedding``), so :func:`ctrlib.train.fit`
+gives every table ``embedding_l2`` and no weight decay, and every other parameter weight decay.
+
+Layers, not models (they take widths, not a schema): :class:`APGLinear` and :class:`APGMLP`
+(APG's generated layers) and :class:`HSTUBlock` (the block the generative rankers stack); they
+live in their model's file because only that model family uses them.
+"""
 from ctrlib.models.apg import APG, APGLinear, APGMLP
 from ctrlib.models.dcn import DCN
 from ctrlib.models.deepfm import DeepFM
@@ -12,5 +37,7 @@ from ctrlib.models.lr import LogisticRegression
 from ctrlib.models.tlsi import TLSI
 from ctrlib.models.two_tower import TwoTower
 
-__all__ = ["LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "APGLinear", "APGMLP", "TwoTower", "DIN", "DIEN",
-           "HSTUBlock", "GenerativeRanker", "TLSI"]
+MODELS = ("LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "TwoTower", "DIN", "DIEN", "GenerativeRanker",
+          "TLSI")
+LAYERS = ("APGLinear", "APGMLP", "HSTUBlock")
+__all__ = [*MODELS, *LAYERS]

@@ -27,6 +27,7 @@ import contextlib
 import torch
 from torch import nn
 
+from ctrlib.layers import EmbeddingTable
 
 
 def _hypernet_body(in_dim: int, hidden) -> tuple[nn.Sequential, int]:
@@ -146,7 +147,7 @@ class APGLinear(nn.Module):
         return self.U, self.V
 
     @torch.no_grad()
-    def merge_(self) -> "APGLinear":
+    def merge_(self) -> APGLinear:
         """Multiply the over-parameterisation factors out into plain U, V (in place): same outputs,
         fewer parameters and no per-batch products at inference."""
         if self.overparameterised:
@@ -235,7 +236,7 @@ class APGMLP(nn.Module):
         return self.head(x) if self.head is not None else x
 
     @classmethod
-    def from_mlp(cls, mlp: nn.Module, condition_dim: int | None = None, **apg) -> "APGMLP":
+    def from_mlp(cls, mlp: nn.Module, condition_dim: int | None = None, **apg) -> APGMLP:
         """An APG-MLP with the shape of an existing MLP (``ctrlib.layers.MLP``, ``ActivationMLP``, or
         any module whose ``net`` is a Sequential of Linear layers and per-layer modules): each hidden
         Linear becomes an APGLinear of the same width, the modules after it (BatchNorm, ReLU, Dice,
@@ -255,7 +256,7 @@ class APGMLP(nn.Module):
             new.head = modules[-1]
         return new
 
-    def merge_(self) -> "APGMLP":
+    def merge_(self) -> APGMLP:
         """Merge every layer's over-parameterisation factors (see :meth:`APGLinear.merge_`)."""
         for layer in self.layers:
             layer.merge_()
@@ -304,7 +305,7 @@ class APG(nn.Module):
         features = [base.schema[name] for name in self.condition_features]  # KeyError for an unknown one
         self.condition_tables = None
         if condition_dim is not None and features:
-            self.condition_tables = nn.ModuleDict({f.name: nn.Embedding(f.vocab_size, condition_dim)
+            self.condition_tables = nn.ModuleDict({f.name: EmbeddingTable(f.vocab_size, condition_dim)
                                                    for f in features})
             for table in self.condition_tables.values():
                 nn.init.normal_(table.weight, std=condition_init_std)
@@ -342,7 +343,7 @@ class APG(nn.Module):
         finally:
             slot.z = None  # never keep a batch's tensors alive between calls
 
-    def merge_(self) -> "APG":
+    def merge_(self) -> APG:
         self.apg_mlp.merge_()
         return self
 
@@ -462,12 +463,12 @@ def measure_layers(widths=(64, 256), batch_sizes=(256, 1024), condition_dim: int
                 layer = layers[name]
                 params = [p for p in layer.parameters()]
 
-                def train_step():
+                def train_step(layer=layer, params=params, x=x, z=z):
                     for p in params:
                         p.grad = None
                     layer(x, z).square().mean().backward()
 
-                def infer():
+                def infer(layer=layer, x=x, z=z):
                     with torch.no_grad():
                         layer(x, z)
 

@@ -11,7 +11,9 @@ from ctrlib.layers import MLP, CrossNet, FeatureEmbedding
 
 
 class DCN(nn.Module):
-    def __init__(self, schema: Schema, embedding_dim: int = 10, cross_layers: int = 3, hidden=(400, 400, 400),
+    """``hidden=()`` drops the MLP (cross network only)."""
+
+    def __init__(self, schema: Schema, embedding_dim: int = 10, hidden=(400, 400, 400), cross_layers: int = 3,
                  dropout: float = 0.0, version: int = 2, low_rank: int | None = None, structure: str = "parallel",
                  batch_norm: bool = False):
         super().__init__()

@@ -1,7 +1,8 @@
 """Generative ranking over raw (item, action) sequences: MetaGR (HSTU, interleaved) and DFGR (dual flow).
 
 Note: these models return ``[B, N]`` logits (one per event) rather than ``[B]``; they train with
-:func:`fit_sequences`: :func:`ctrlib.train.fit` with a loss at every training event.
+``ctrlib.fit`` (the one trainer) and a loss mask (``TrainConfig(loss_mask=...)``: the training events).
+The data side (schema, splits, scoring the held-out events) is :mod:`ctrlib.data.generative`.
 
 * **MetaGR** (Zhai et al. 2024, the ranking setting as the DFGR authors describe it): each
   behaviour becomes two tokens, ``[c_1, a_1, c_2, a_2, ...]`` (2N tokens), ``c_i`` = item +
@@ -15,27 +16,26 @@ Note: these models return ``[B, N]`` logits (one per event) rather than ``[B]``;
   the abstract and secondary summaries (the paper text and code were not available to us).
 
 Both score many candidates in one forward pass (:meth:`GenerativeRanker.score_candidates`):
-each candidate attends to the whole history and to itself, never to another candidate (HSTU's
-``num_targets`` mask).
+the history is encoded once (causally) and each candidate attends to the whole history and to
+itself, never to another candidate (HSTU's ``num_targets`` mask, computed as a ``[m, history]``
+block, not as a dense ``(history + m)^2`` matrix).
 
-Batches are dicts of ``[B, N]`` tensors, left-padded (``item_id`` 0 = padding): ``item_id``,
-``category`` (any attribute id), ``action`` (1..A), ``timestamp`` (seconds), optionally ``hide``
-(True where the action is unknown to the model: it gets the placeholder action).
+Inputs come through the schema (:func:`ctrlib.data.generative.sequence_schema`): three kinds of
+left-padded ``[B, N]`` sequence features (0 = padding) — the ``item`` sequence, the ``action``
+sequence (ids 1..A; the last id of its vocabulary is the placeholder "action unknown") and any
+number of attribute sequences (every other ``Sequence`` of the schema, e.g. ``category``), each
+summed into the item's content token — plus the timestamps (seconds), the schema extra named by
+``timestamp``.
 """
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrlib import metrics as M
-from ctrlib.data.schema import Categorical, Schema, Sequence
-from ctrlib.data.tensors import TensorData
-from ctrlib.layers import MLP
+from ctrlib.data.schema import Schema
+from ctrlib.layers import MLP, EmbeddingTable
 from ctrlib.models.hstu import HSTUBlock, LN_EPS, causal_mask, next_timestamps
-from ctrlib.train import TrainConfig, fit
 
 
 def dfgr_mask(n: int, leak: bool = False, device=None) -> torch.Tensor:
@@ -77,258 +77,162 @@ def attention_flops(n: int, dim: int, mode: str, candidates: int = 0) -> float:
 class GenerativeRanker(nn.Module):
     """MetaGR (``mode="metagr"``) or DFGR (``mode="dfgr"``) over HSTU blocks with shared weights.
 
-    ``forward(batch) -> logits [B, N]``: the prediction for every event of the sequence, each
-    from the history before it (teacher forcing: true actions of earlier events, unless hidden).
-    ``attention="softmax"`` uses softmax blocks; ``position_bias`` / ``time_bias`` switch the
-    two halves of rab; ``leak=True`` (DFGR only) breaks the mask on purpose (ablation).
+    ``GenerativeRanker(schema, embedding_dim, hidden, ...)``: ``embedding_dim`` is the model width
+    (every token and block), ``hidden`` the prediction head's MLP layers. ``forward(batch) ->
+    logits [B, N]``: the prediction for every event of the sequence, each from the history before
+    it (teacher forcing: the true actions of earlier events). ``attention="softmax"`` uses
+    softmax blocks; ``position_bias`` / ``time_bias`` switch the two halves of rab; ``leak=True``
+    (DFGR only) breaks the mask on purpose (ablation); ``bind_actions=True`` (MetaGR only) adds each
+    event's content embedding to its action token too, so an action token says which item it is
+    about (a diagnostic: binding an action to its item then needs no attention hop).
     """
 
-    def __init__(self, n_items: int, n_attrs: int, n_actions: int, max_events: int, dim: int = 32,
-                 num_blocks: int = 2, num_heads: int = 1, mode: str = "dfgr", attention: str = "silu",
-                 position_bias: bool = True, time_bias: bool = True, dropout: float = 0.0, leak: bool = False,
-                 head_hidden=(64,)):
+    def __init__(self, schema: Schema, embedding_dim: int = 32, hidden=(64,), num_blocks: int = 2,
+                 num_heads: int = 1, mode: str = "dfgr", attention: str = "silu", position_bias: bool = True,
+                 time_bias: bool = True, dropout: float = 0.0, leak: bool = False, bind_actions: bool = False,
+                 item: str = "item_id",
+                 action: str = "action", timestamp: str = "timestamp"):
         super().__init__()
         if mode not in ("dfgr", "metagr"):
             raise ValueError(f"mode must be 'dfgr' or 'metagr', got {mode!r}")
         if leak and mode != "dfgr":
             raise ValueError("leak is a DFGR ablation")
-        self.mode, self.leak, self.dim, self.max_events = mode, leak, dim, max_events
-        self.placeholder = n_actions + 1  # action ids: 0 pad, 1..A real actions, A+1 placeholder
-        self.item_emb = nn.Embedding(n_items, dim, padding_idx=0)
-        self.attr_emb = nn.Embedding(n_attrs, dim, padding_idx=0)
-        self.action_emb = nn.Embedding(n_actions + 2, dim, padding_idx=0)
-        for e in (self.item_emb, self.attr_emb, self.action_emb):
+        if bind_actions and mode != "metagr":
+            raise ValueError("bind_actions is a MetaGR diagnostic")
+        sequences = {f.name: f for f in schema.sequences}
+        for role, name in (("item", item), ("action", action)):
+            if name not in sequences:
+                raise KeyError(f"the {role} sequence {name!r} is not a Sequence of the schema; "
+                               f"its sequences are {list(sequences)}")
+        if timestamp not in schema.extras:
+            raise KeyError(f"the timestamps {timestamp!r} must be an extra of the schema; its extras are "
+                           f"{list(schema.extras)}")
+        lengths = {f.max_len for f in sequences.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"every sequence of the schema must have one length, got {lengths}")
+        attrs = [f for f in schema.sequences if f.name not in (item, action)]
+        self.schema, self.item, self.action, self.timestamp = schema, item, action, timestamp
+        dim = embedding_dim
+        self.mode, self.leak, self.bind_actions, self.dim = mode, leak, bind_actions, dim
+        self.max_events = sequences[item].max_len
+        # action ids: 0 pad, 1..A real actions, the last id (A + 1) the placeholder "action unknown"
+        self.placeholder = sequences[action].vocab_size - 1
+        self.item_emb = EmbeddingTable(sequences[item].vocab_size, dim, padding_idx=0)
+        self.attr_emb = nn.ModuleDict({f.name: EmbeddingTable(f.vocab_size, dim, padding_idx=0) for f in attrs})
+        self.action_emb = EmbeddingTable(sequences[action].vocab_size, dim, padding_idx=0)
+        for e in (self.item_emb, *self.attr_emb.values(), self.action_emb):
             nn.init.normal_(e.weight, 0, 0.02)
         # + 1: candidates sit one position after the history (padded length n in eq. 2).
-        max_len = (2 * max_events if mode == "metagr" else max_events) + 1
+        max_len = (2 * self.max_events if mode == "metagr" else self.max_events) + 1
         self.blocks = nn.ModuleList(
             HSTUBlock(dim, num_heads, max_len=max_len, attention=attention, position_bias=position_bias,
                       time_bias=time_bias, dropout=dropout) for _ in range(num_blocks))
-        self.head = MLP(dim, head_hidden, 1, dropout)
+        self.head = MLP(dim, tuple(hidden), 1, dropout)
 
     # ------------------------------------------------------------------ tokens
-    def _content(self, items, attrs):
-        return self.item_emb(items) + self.attr_emb(attrs)  # [B, N, D]
-
-    def _actions(self, batch):
-        a = batch["action"]
-        if "hide" in batch:
-            a = torch.where(batch["hide"] & (a > 0), torch.full_like(a, self.placeholder), a)
-        return a
+    def _content(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Item + attribute embeddings: ``[B, N, D]``."""
+        c = self.item_emb(batch[self.item])
+        for name, table in self.attr_emb.items():
+            c = c + table(batch[name])
+        return c
 
     def _readout(self, h):
         return self.head(F.layer_norm(h, (self.dim,), eps=LN_EPS)).squeeze(-1)
 
-    # ------------------------------------------------------------------ DFGR: two flows
-    def _dual_block(self, block: HSTUBlock, xr, xf, t_r, qt_r, t_f, pos_r, pos_f, fake_mask, valid_r):
-        """One block over both flows. Real rows: causal over real keys. Fake row i: the real keys
-        allowed by ``fake_mask [Nf, Nr]`` plus its own fake key: an ``[Nf, Nr]`` score matrix and
-        one extra column (never the full 2N x 2N one: that is where DFGR saves its FLOPs)."""
-        B, Nr, _ = xr.shape
-        ur, vr, qr, kr = block.project(xr)
-        uf, vf, qf, kf = block.project(xf)
-        key_ok = valid_r[:, None, None, :]  # [B, 1, 1, Nr]: padding keys are never attended
-        # real rows (HSTU convention: query time qt_r = the next token's timestamp)
-        rr = causal_mask(Nr, xr.device) & (key_ok | torch.eye(Nr, dtype=torch.bool, device=xr.device))
-        a_r = block.weights(block.scores(qr, kr, block.rab(pos_r, pos_r, qt_r, t_r)), rr)
-        av_r = torch.einsum("bhnm,bmhd->bnhd", a_r, vr).reshape(B, Nr, -1)
-        # fake rows: real keys + own key (query time = the event's own time)
-        s_fr = block.scores(qf, kr, block.rab(pos_f, pos_r, t_f, t_r))  # [B, H, Nf, Nr]
-        s_ff = torch.einsum("bnhd,bnhd->bhn", qf, kf)  # [B, H, Nf]
-        if block.attention == "softmax":
-            s_ff = s_ff / block.qk_dim ** 0.5
-        s_ff = s_ff + block.rab(pos_f[:1], pos_f[:1], t_f[:, :1], t_f[:, :1]).reshape(-1, 1, 1)  # j - i = 0, dt = 0
-        if block.attention == "silu":  # pointwise weights: the own-key column needs no joint normaliser
-            a_fr = block.weights(s_fr, fake_mask & key_ok)  # [B, H, Nf, Nr]
-            a_ff = block.weights(s_ff, torch.ones((), dtype=torch.bool))  # [B, H, Nf]
-        else:  # softmax: normalise over [allowed real keys | own key] together
-            ok = torch.cat([(fake_mask & key_ok).expand(s_fr.shape),
-                            torch.ones_like(s_ff[..., None], dtype=torch.bool)], dim=-1)
-            a_f = block.weights(torch.cat([s_fr, s_ff.unsqueeze(-1)], dim=-1), ok)  # [B, H, Nf, Nr + 1]
-            a_fr, a_ff = a_f[..., :Nr], a_f[..., Nr]
-        av_f = (torch.einsum("bhnm,bmhd->bnhd", a_fr, vr)
-                + a_ff.permute(0, 2, 1).unsqueeze(-1) * vf).reshape(B, xf.shape[1], -1)
-        return block.output(xr, av_r, ur), block.output(xf, av_f, uf)
+    # ------------------------------------------------------------------ context rows and target rows
+    def _context_and_targets(self, block: HSTUBlock, xc, xt, t_c, qt_c, t_t, pos_c, pos_t, target_mask, valid_c):
+        """One block over context rows ``xc [B, Nc, D]`` and target rows ``xt [B, Nt, D]``.
 
-    def _dfgr(self, items, attrs, actions, t, valid):
-        B, N = items.shape
-        c = self._content(items, attrs)
-        xr = c + self.action_emb(actions)
-        xf = c + self.action_emb(torch.full_like(actions, self.placeholder))
-        pos = torch.arange(N, device=items.device)
-        c_mask = causal_mask(N, items.device)
-        fake_mask = c_mask if self.leak else c_mask & ~torch.eye(N, dtype=torch.bool, device=items.device)
+        Context rows attend causally to the context keys. Target row i attends to the context keys
+        that ``target_mask [Nt, Nc]`` allows plus its own key, and no row attends to another target:
+        an ``[Nt, Nc]`` score matrix and one extra column, never a dense ``(Nc + Nt)^2`` one. DFGR's
+        training pass (context = the real flow, targets = the fake flow) and both models' serving
+        pass (context = the history, targets = the candidates) are this one computation."""
+        B, Nc, _ = xc.shape
+        uc, vc, qc, kc = block.project(xc)
+        ut, vt, qt, kt = block.project(xt)
+        key_ok = valid_c[:, None, None, :]  # [B, 1, 1, Nc]: padding keys are never attended
+        # context rows (HSTU convention: query time qt_c = the next token's timestamp)
+        cc = causal_mask(Nc, xc.device) & (key_ok | torch.eye(Nc, dtype=torch.bool, device=xc.device))
+        a_c = block.weights(block.scores(qc, kc, block.rab(pos_c, pos_c, qt_c, t_c)), cc)  # [B, H, Nc, Nc]
+        av_c = torch.einsum("bhnm,bmhd->bnhd", a_c, vc).reshape(B, Nc, -1)
+        # target rows: allowed context keys + own key (query time = the target's own time)
+        s_tc = block.scores(qt, kc, block.rab(pos_t, pos_c, t_t, t_c))  # [B, H, Nt, Nc]
+        s_tt = torch.einsum("bnhd,bnhd->bhn", qt, kt)  # [B, H, Nt]
+        if block.attention == "softmax":
+            s_tt = s_tt / block.qk_dim ** 0.5
+        s_tt = s_tt + block.rab(pos_t[:1], pos_t[:1], t_t[:, :1], t_t[:, :1]).reshape(-1, 1, 1)  # j - i = 0, dt = 0
+        if block.attention == "silu":  # pointwise weights: the own-key column needs no joint normaliser
+            a_tc = block.weights(s_tc, target_mask & key_ok)  # [B, H, Nt, Nc]
+            a_tt = block.weights(s_tt, torch.ones((), dtype=torch.bool))  # [B, H, Nt]
+        else:  # softmax: normalise over [allowed context keys | own key] together
+            ok = torch.cat([(target_mask & key_ok).expand(s_tc.shape),
+                            torch.ones_like(s_tt[..., None], dtype=torch.bool)], dim=-1)
+            a_t = block.weights(torch.cat([s_tc, s_tt.unsqueeze(-1)], dim=-1), ok)  # [B, H, Nt, Nc + 1]
+            a_tc, a_tt = a_t[..., :Nc], a_t[..., Nc]
+        av_t = (torch.einsum("bhnm,bmhd->bnhd", a_tc, vc)
+                + a_tt.permute(0, 2, 1).unsqueeze(-1) * vt).reshape(B, xt.shape[1], -1)
+        return block.output(xc, av_c, uc), block.output(xt, av_t, ut)
+
+    # ------------------------------------------------------------------ DFGR: two flows
+    def _dfgr(self, c, actions, t, valid):
+        N = c.shape[1]
+        xr = c + self.action_emb(actions)                                          # real flow  [B, N, D]
+        xf = c + self.action_emb(torch.full_like(actions, self.placeholder))       # fake flow  [B, N, D]
+        pos = torch.arange(N, device=c.device)
+        c_mask = causal_mask(N, c.device)
+        fake_mask = c_mask if self.leak else c_mask & ~torch.eye(N, dtype=torch.bool, device=c.device)
         for block in self.blocks:
-            xr, xf = self._dual_block(block, xr, xf, t, next_timestamps(t), t, pos, pos, fake_mask, valid)
+            xr, xf = self._context_and_targets(block, xr, xf, t, next_timestamps(t), t, pos, pos, fake_mask, valid)
         return self._readout(xf)  # [B, N]
 
     # ------------------------------------------------------------------ MetaGR: interleaved
-    def _metagr(self, items, attrs, actions, t, valid):
-        B, N = items.shape
-        c = self._content(items, attrs)
-        x = torch.stack([c, self.action_emb(actions)], dim=2).reshape(B, 2 * N, self.dim)  # [c1, a1, c2, a2, ...]
-        tt = t.repeat_interleave(2, dim=1)
-        ok = valid.repeat_interleave(2, dim=1)
-        eye = torch.eye(2 * N, dtype=torch.bool, device=x.device)
-        mask = interleaved_mask(N, x.device) & (ok[:, None, :] | eye)  # [B, 2N, 2N]
+    def _interleave(self, c, actions, t, valid):
+        """``[c_1, a_1, c_2, a_2, ...]`` tokens ``[B, 2N, D]``, with their timestamps and validity ``[B, 2N]``."""
+        B, N, _ = c.shape
+        a = self.action_emb(actions)
+        if self.bind_actions:  # diagnostic: the action token also says which item it is about
+            a = a + c
+        x = torch.stack([c, a], dim=2).reshape(B, 2 * N, self.dim)
+        return x, t.repeat_interleave(2, dim=1), valid.repeat_interleave(2, dim=1)
+
+    def _metagr(self, c, actions, t, valid):
+        x, tt, ok = self._interleave(c, actions, t, valid)
+        eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+        mask = interleaved_mask(c.shape[1], x.device) & (ok[:, None, :] | eye)  # [B, 2N, 2N]
         for block in self.blocks:
             x = block(x, tt, mask)
         return self._readout(x[:, 0::2])  # item tokens
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        items, attrs, t = batch["item_id"], batch["category"], batch["timestamp"]
-        valid = items > 0
+        items, t = batch[self.item], batch[self.timestamp]
         run = self._dfgr if self.mode == "dfgr" else self._metagr
-        return run(items, attrs, self._actions(batch), t, valid)
+        return run(self._content(batch), batch[self.action], t, items > 0)
 
     # ------------------------------------------------------------------ many candidates, one pass
     @torch.no_grad()
     def score_candidates(self, history: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits ``[B, m]`` of ``m`` candidates (``item_id``, ``category``, ``timestamp`` ``[B, m]``)
-        after a history (``[B, n]`` dict as in ``forward``), in one forward pass. Each candidate sees
-        the whole history and itself, never another candidate; all sit at position n."""
-        items, attrs, t = history["item_id"], history["category"], history["timestamp"]
-        actions, valid = self._actions(history), history["item_id"] > 0
-        ci, ca, ct = candidates["item_id"], candidates["category"], candidates["timestamp"]
-        B, n = items.shape
-        m = ci.shape[1]
-        dev = items.device
+        """Logits ``[B, m]`` of ``m`` candidates (item, attribute and timestamp columns ``[B, m]``)
+        after a history (``[B, n]`` columns as in ``forward``), in one forward pass. The history is
+        encoded once (causally); each candidate sees the whole history and itself, never another
+        candidate; all candidates sit at the position after the history."""
+        actions, t, valid = history[self.action], history[self.timestamp], history[self.item] > 0
+        ct = candidates[self.timestamp]
+        B, n = valid.shape
+        m, dev = ct.shape[1], ct.device
+        xt = self._content(candidates)                                             # candidates [B, m, D]
         if self.mode == "dfgr":
-            xr = self._content(items, attrs) + self.action_emb(actions)
-            xf = self._content(ci, ca) + self.action_emb(torch.full_like(ci, self.placeholder))
-            qt_r = torch.cat([t[:, 1:], ct[:, :1]], dim=1)  # the last history row's "next time": the request
-            pos_r, pos_f = torch.arange(n, device=dev), torch.full((m,), n, device=dev)
-            fake_mask = torch.ones(m, n, dtype=torch.bool, device=dev)
-            for block in self.blocks:
-                xr, xf = self._dual_block(block, xr, xf, t, qt_r, ct, pos_r, pos_f, fake_mask, valid)
-            return self._readout(xf)
-        c = self._content(items, attrs)
-        hist = torch.stack([c, self.action_emb(actions)], dim=2).reshape(B, 2 * n, self.dim)
-        x = torch.cat([hist, self._content(ci, ca)], dim=1)  # [B, 2n + m, D]
-        tt = torch.cat([t.repeat_interleave(2, dim=1), ct], dim=1)
-        q_time = torch.cat([next_timestamps(torch.cat([t.repeat_interleave(2, dim=1), ct[:, :1]], 1))[:, :2 * n], ct], 1)
-        ok = torch.cat([valid.repeat_interleave(2, dim=1), torch.ones(B, m, dtype=torch.bool, device=dev)], dim=1)
-        T = 2 * n + m
-        mask = causal_mask(T, dev)
-        mask[2 * n:, 2 * n:] = torch.eye(m, dtype=torch.bool, device=dev)  # candidates: history + self only
-        mask = mask & (ok[:, None, :] | torch.eye(T, dtype=torch.bool, device=dev))
-        pos = torch.cat([torch.arange(2 * n, device=dev), torch.full((m,), 2 * n, device=dev)])
+            xc = self._content(history) + self.action_emb(actions)                 # real flow  [B, n, D]
+            xt = xt + self.action_emb(torch.full_like(candidates[self.item], self.placeholder))
+            t_c, valid_c = t, valid
+        else:
+            xc, t_c, valid_c = self._interleave(self._content(history), actions, t, valid)  # [B, 2n, D]
+        nc = xc.shape[1]
+        # query times: each history row's next token; the last history row's "next time" is the request
+        qt_c = next_timestamps(torch.cat([t_c, ct[:, :1]], dim=1))[:, :nc]
+        pos_c, pos_t = torch.arange(nc, device=dev), torch.full((m,), nc, device=dev)
+        target_mask = torch.ones(m, nc, dtype=torch.bool, device=dev)
         for block in self.blocks:
-            x = block(x, tt, mask, positions=pos, query_times=q_time)
-        return self._readout(x[:, 2 * n:])
-
-
-# ---------------------------------------------------------------------- training and evaluation
-SPLITS = {"train": 1, "valid": 2, "test": 3}
-
-
-def eval_batch(batch: dict[str, torch.Tensor], split: str) -> dict[str, torch.Tensor]:
-    """The batch as the model sees it when scoring ``split``: the actions of that window and of
-    everything after it are unknown (placeholder); earlier events keep their true actions."""
-    code = SPLITS[split]
-    return {**batch, "hide": batch["split"] >= code} if code > 1 else batch
-
-
-def fit_sequences(model: GenerativeRanker, data: TensorData, epochs: int = 5, lr: float = 1e-3,
-                  batch_size: int = 64, weight_decay: float = 0.0, patience: int = 2, seed: int = 0,
-                  validate: bool = True) -> pd.DataFrame:
-    """Generative training with :func:`ctrlib.train.fit`: one pass per user sequence, a BCE loss at
-    every training event (``split == 1``, the trainer's ``loss_mask``). ``data`` holds ``[U, N]``
-    tensors (the batch keys of the module docstring) plus ``label`` and ``split``. Early stopping on
-    the AUC at the validation events; the best epoch's weights are restored. Returns ``fit``'s
-    history (one row per epoch: train loss, seconds, valid AUC / logloss)."""
-    train = TensorData({**data.tensors, "train_event": data["split"] == 1})
-    valid = (lambda m: evaluate_sequences(m, data, "valid")) if validate else None
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience,
-                         seed=seed, loss_mask="train_event")
-    return fit(model, train, valid, config).history
-
-
-@torch.no_grad()
-def predict_sequences(model: GenerativeRanker, data: TensorData, split: str = "test",
-                      batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Predictions at the events of ``split`` (flattened), with their labels, user rows and, when
-    ``data`` has them, the true probabilities."""
-    was = model.training
-    model.eval()
-    out: dict[str, list] = {"p": [], "label": [], "row": []}
-    extra = [k for k in ("true_p",) if k in data.tensors]
-    for k in extra:
-        out[k] = []
-    rows = torch.arange(len(data))
-    for start in range(0, len(data), batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in data.tensors.items()}
-        m = batch["split"] == SPLITS[split]
-        p = torch.sigmoid(model(eval_batch(batch, split)))
-        out["p"].append(p[m].numpy())
-        out["label"].append(batch["label"][m].numpy())
-        out["row"].append(rows[start:start + batch_size, None].expand_as(m)[m].numpy())
-        for k in extra:
-            out[k].append(batch[k][m].numpy())
-    model.train(was)
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def evaluate_sequences(model: GenerativeRanker, data: TensorData, split: str = "test",
-                       metrics=("auc", "logloss")) -> dict[str, float]:
-    """AUC / logloss (/ GAUC over users) of the predictions at ``split``'s events."""
-    r = predict_sequences(model, data, split)
-    return M.compute(r["label"], r["p"], r["row"], metrics)
-
-
-def split_last(valid: np.ndarray, share: float = 0.1, min_events: int = 1) -> np.ndarray:
-    """Per-user chronological split codes ``[U, N]`` for left-padded sequences (``valid`` True at
-    real events): the last ``share`` of each user's events -> 3 (test), the ``share`` before -> 2
-    (valid), the rest -> 1 (train), padding -> 0."""
-    n = valid.sum(axis=1, keepdims=True)
-    k = np.maximum(np.round(n * share).astype(int), min_events)
-    from_end = valid.shape[1] - 1 - np.arange(valid.shape[1])[None, :]  # 0 at the last column
-    code = np.where(from_end < k, 3, np.where(from_end < 2 * k, 2, 1))
-    return np.where(valid, code, 0)
-
-
-def impression_schema(n_items: int, n_attrs: int, n_actions: int, history: int) -> Schema:
-    """The schema of :func:`impressions_from_sequences`' samples: candidate ``item_id``,
-    ``category``, ``action`` (always the placeholder) and the three history sequences, each sharing
-    its candidate's embedding table; ``user_id`` is carried for GAUC."""
-    A = n_actions + 2
-    return Schema((Categorical("item_id", n_items), Categorical("category", n_attrs), Categorical("action", A),
-                   Sequence("hist_item_id", n_items, history, embedding="item_id"),
-                   Sequence("hist_category", n_attrs, history, embedding="category"),
-                   Sequence("hist_action", A, history, embedding="action")), ("label",), ("user_id",))
-
-
-def impressions_from_sequences(seqs: dict[str, np.ndarray], split: np.ndarray, history: int, which: str,
-                               placeholder: int, sample: float = 1.0, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Impression-level samples (for DIN, DeepFM, ...) cut from the same sequences: one per event
-    of split ``which``, with the ``history`` events before it (left-padded) as sequence features
-    ``hist_item_id``, ``hist_category``, ``hist_action``, and the candidate's ``action`` = the
-    placeholder (so DIN can pair ``hist_action`` with it). Actions unknown at that split
-    (``split >= code`` of the window) become ``placeholder``, exactly as the generative models see
-    them. ``sample < 1`` keeps a random share of the events (seeded)."""
-    code = SPLITS[which]
-    U, N = split.shape
-    rows, cols = np.nonzero(split == code)
-    if sample < 1:
-        keep = np.random.default_rng(seed).random(len(rows)) < sample
-        rows, cols = rows[keep], cols[keep]
-    action = seqs["action"].copy()
-    if code > 1:
-        action[(split >= code) & (action > 0)] = placeholder
-    pad = lambda a: np.concatenate([np.zeros((U, history), dtype=a.dtype), a], axis=1)  # noqa: E731
-    idx = cols[:, None] + np.arange(history)[None, :]  # in padded coordinates: events cols-history..cols-1
-    out = {
-        "item_id": seqs["item_id"][rows, cols], "category": seqs["category"][rows, cols],
-        "action": np.full(len(rows), placeholder),  # the candidate's action: unknown, as DFGR's fake token
-        "hist_item_id": pad(seqs["item_id"])[rows[:, None], idx],
-        "hist_category": pad(seqs["category"])[rows[:, None], idx],
-        "hist_action": pad(action)[rows[:, None], idx],
-        "label": seqs["label"][rows, cols].astype(np.float32), "user_id": rows,
-    }
-    if "true_p" in seqs:
-        out["true_p"] = seqs["true_p"][rows, cols]
-    t = {k: torch.as_tensor(v) for k, v in out.items()}
-    for k in ("item_id", "category", "action", "hist_item_id", "hist_category", "hist_action", "user_id"):
-        t[k] = t[k].long()
-    t["label"] = t["label"].float()
-    return t
+            xc, xt = self._context_and_targets(block, xc, xt, t_c, qt_c, ct, pos_c, pos_t, target_mask, valid_c)
+        return self._readout(xt)

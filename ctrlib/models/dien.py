@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrlib.data.schema import Schema
-from ctrlib.layers import ActivationMLP, masked_softmax
-from ctrlib.models.din import BehaviourEmbedding
+from ctrlib.layers import ActivationMLP, BehaviourEmbedding, eval_mode, masked_softmax
 
 
 class AUGRUCell(nn.Module):
@@ -106,8 +105,8 @@ class DIEN(nn.Module):
     """logit = MLP([fields, h'_T, e_a * h'_T]); ``aux_weight`` = alpha (0 switches the auxiliary loss off).
     Embeddings start at N(0, ``init_std``) (DeepCTR's 1e-4 by default)."""
 
-    def __init__(self, schema: Schema, embedding_dim: int = 16, pairs=None, aux_weight: float = 1.0,
-                 activation: str = "dice", hidden=(200, 80), dropout: float = 0.0, init_std: float = 1e-4):
+    def __init__(self, schema: Schema, embedding_dim: int = 16, hidden=(200, 80), pairs=None, aux_weight: float = 1.0,
+                 activation: str = "dice", dropout: float = 0.0, init_std: float = 1e-4):
         super().__init__()
         self.schema, self.aux_weight = schema, aux_weight
         self.embedding = BehaviourEmbedding(schema, embedding_dim, pairs, init_std)
@@ -129,11 +128,9 @@ class DIEN(nn.Module):
 
     @torch.no_grad()
     def attention_weights(self, batch) -> torch.Tensor:
-        was = self.training
-        self.eval()
-        a = self.interests(batch)[1]
-        self.train(was)
-        return a
+        """The attention a_t of each extractor state to the candidate, ``[B, L]`` (0 at padding)."""
+        with eval_mode(self):
+            return self.interests(batch)[1]
 
     def forward(self, batch):
         states, _, final, (fields, query, keys, mask) = self.interests(batch)

@@ -8,7 +8,9 @@ from ctrlib.layers import MLP, FeatureEmbedding, dot_interaction
 
 
 class DLRM(nn.Module):
-    def __init__(self, schema: Schema, embedding_dim: int = 10, bottom_hidden=(64,), top_hidden=(400, 400, 400),
+    """``hidden``: the top MLP's widths; ``bottom_hidden``: the bottom MLP's (dense features)."""
+
+    def __init__(self, schema: Schema, embedding_dim: int = 10, hidden=(400, 400, 400), bottom_hidden=(64,),
                  dropout: float = 0.0):
         super().__init__()
         self.schema = schema
@@ -21,7 +23,7 @@ class DLRM(nn.Module):
         self.bottom = MLP(n_dense, bottom_hidden, embedding_dim) if n_dense else None
         n_vectors = self.embedding.num_fields + (1 if n_dense else 0)
         n_dots = n_vectors * (n_vectors - 1) // 2
-        self.top = MLP(n_dots + (embedding_dim if n_dense else 0), top_hidden, 1, dropout)
+        self.mlp = MLP(n_dots + (embedding_dim if n_dense else 0), hidden, 1, dropout)  # the top MLP
 
     def forward(self, batch):
         e = self.embedding(batch)  # [B, F, D]
@@ -31,4 +33,4 @@ class DLRM(nn.Module):
             e = torch.cat([dense.unsqueeze(1), e], dim=1)  # [B, F+1, D]
             parts.append(dense)
         parts.append(dot_interaction(e))  # [B, F'(F'-1)/2]
-        return self.top(torch.cat(parts, dim=1)).squeeze(-1)  # [B]
+        return self.mlp(torch.cat(parts, dim=1)).squeeze(-1)  # [B]

@@ -34,9 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrlib.data.clock import gap_bucket, hour_and_weekday
-from ctrlib.data.schema import Schema, Timestamp
-from ctrlib.layers import MLP, ActivationUnit, FeatureEmbedding, masked_softmax
+from ctrlib.data.schema import Schema, Timestamp, gap_bucket, hour_and_weekday
+from ctrlib.layers import MLP, ActivationUnit, EmbeddingTable, FeatureEmbedding, masked_softmax
 
 def fourier_table(period: int, dim: int, scale: float = 0.5) -> torch.Tensor:
     """``[period, dim]``: row p = scale * [cos(2 pi k p / period), sin(2 pi k p / period)] for
@@ -58,9 +57,9 @@ class TimeEncoder(nn.Module):
         if dim % 2:
             raise ValueError(f"dim must be even (hour and weekday halves), got {dim}")
         self.dim, self.periodic, self.time_point, self.n_buckets = dim, periodic, time_point, n_buckets
-        self.hour = nn.Embedding(24, dim // 2)
-        self.weekday = nn.Embedding(7, dim // 2)
-        self.gap = nn.Embedding(n_buckets, dim)
+        self.hour = EmbeddingTable(24, dim // 2)
+        self.weekday = EmbeddingTable(7, dim // 2)
+        self.gap = EmbeddingTable(n_buckets, dim)
         nn.init.normal_(self.gap.weight, std=0.1)
         with torch.no_grad():  # our choice: start the clock codes as Fourier features (near hours alike)
             self.hour.weight.copy_(fourier_table(24, dim // 2))

@@ -19,11 +19,12 @@ from ctrlib.layers import MLP, FeatureEmbedding
 
 
 class TwoTower(nn.Module):
-    """``item_features``: the candidate's fields; every other feature (sequences included) feeds
-    the user tower. Sequences are mean-pooled over their real positions."""
+    """``item_features`` (required): the candidate's fields; every other feature (sequences included)
+    feeds the user tower. Sequences are mean-pooled over their real positions. ``hidden``: each
+    tower's MLP widths, ``out_dim``: the size of the user and item vectors."""
 
-    def __init__(self, schema: Schema, item_features, embedding_dim: int = 16, hidden=(128,), out_dim: int = 32,
-                 dropout: float = 0.0):
+    def __init__(self, schema: Schema, embedding_dim: int = 16, hidden=(128,), out_dim: int = 32,
+                 dropout: float = 0.0, *, item_features):
         super().__init__()
         self.schema = schema
         item_features = list(item_features)

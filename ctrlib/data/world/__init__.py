@@ -1,0 +1,17 @@
+"""The simulator's knobs, one module each. The core world (users, items, the ``first``,
+``interest``, ``cross2`` and ``cross3`` terms, :class:`~ctrlib.data.simulator.WorldConfig` and
+:class:`~ctrlib.data.simulator.CTRWorld`) lives in :mod:`ctrlib.data.simulator`; each knob adds a
+structure on top of it, switched on by ``WorldConfig`` fields and off by default:
+
+==========================  ========================================  ==================  ============
+module                      knob (``WorldConfig``)                    oracle term          chapter
+==========================  ========================================  ==================  ============
+:mod:`.histories`           ``history_len``, ``history_match``        ``history``          user behaviour
+:mod:`.scenarios`           ``scenario_groups``                       ``scenario``         APG
+:mod:`.time_patterns`       ``time_interests``, ``time_events``       ``time``             Time Matters
+:mod:`.actions`             ``action_types``                          (own sequences)      DFGR / HSTU
+==========================  ========================================  ==================  ============
+
+Every knob draws from its own random generator, so switching one on leaves the default world's
+numbers unchanged (``tests/test_world_checksums.py`` pins them).
+"""
