@@ -20,8 +20,6 @@ Every chapter compares models the same way:
 
    :func:`compare_samples` does the same for repeated measurements that are not predictions
    (timings, memory): a bootstrap of the difference of means (or the ratio of medians).
-   :func:`compare_deltas` compares two such differences measured on independent test sets
-   (e.g. an ablation's effect in a world with a mechanism and in its negative control).
 3. A **claim** is one sentence of the paper, the two arms and the metric that test it, the
    direction it states and an optional margin. Its verdict comes from the interval alone, by
    one rule (:func:`verdict`):
@@ -188,6 +186,22 @@ def arms_table(arms, oracle: dict | None = None, metric: str = "auc", metrics=("
     return table
 
 
+def subset(arm: Arm, rows, name: str | None = None) -> Arm:
+    """The same runs scored on some of the test rows only (``rows``: a boolean mask or indices),
+    e.g. one group of users: each run's metrics are recomputed there, so :func:`compare` of two
+    subsets of paired arms gives the difference within that part of the test set."""
+    idx = np.arange(len(arm.labels))[rows]
+    if len(idx) == 0:
+        raise ValueError(f"subset of {arm.name!r}: no test rows selected")
+    y = arm.labels[idx]
+    groups = arm.groups[idx] if arm.groups is not None else None
+    runs = []
+    for r in arm.runs:
+        wanted = tuple(m for m in r.metrics if m != "gauc" or groups is not None)
+        runs.append(Run(r.seed, M.compute(y, r.predictions[idx], groups, wanted), r.predictions[idx], r.fit, r.label))
+    return Arm(name or arm.name, runs, y, groups)
+
+
 # -- intervals -------------------------------------------------------------------------------
 
 def _bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -288,26 +302,20 @@ def compare_samples(a, b, statistic: str = "mean_difference", n_boot: int = 2000
             "method": f"percentile bootstrap of the {statistic.replace('_', ' ')} ({n_boot} replicates)"}
 
 
-def compare_deltas(a: dict, b: dict) -> dict:
-    """``delta = b["delta"] - a["delta"]`` for two :func:`compare` results on *independent* test
-    sets (e.g. the same ablation in a world and in its negative control): the two are independent,
-    so their standard errors add in quadrature, ``se = sqrt(se_a**2 + se_b**2)`` with each
-    ``se_x = sqrt(se_test**2 + se_seed**2)``, and ``ci = delta ± 1.96 se``. ``seeds`` are those
-    both share (they must be the same), ``n_test`` counts both test sets."""
-    for e in (a, b):
-        missing = [k for k in ("delta", "se_test", "se_seed", "seeds", "n_test") if k not in e]
-        if missing:
-            raise KeyError(f"compare_deltas needs compare() evidence; it lacks {missing}")
-    if list(a["seeds"]) != list(b["seeds"]):
-        raise ValueError(f"compare_deltas: seeds differ ({a['seeds']} vs {b['seeds']})")
+def difference(a: dict, b: dict, a_label: str = "a", b_label: str = "b") -> dict:
+    """``b["delta"] - a["delta"]`` for two differences measured on *independent* test sets (the same
+    comparison in two worlds, e.g. a mechanism on and off): the errors of independent measurements
+    add, ``se = sqrt(se_a**2 + se_b**2)``, each ``se`` read back from its 95% interval. Returns the
+    evidence of a claim; ``stopped_by`` keeps both sides' runs, prefixed by ``a_label``/``b_label``."""
+    se = [(e["ci"][1] - e["ci"][0]) / (2 * Z95) for e in (a, b)]
     delta = float(b["delta"] - a["delta"])
-    se = math.sqrt(a["se_test"] ** 2 + a["se_seed"] ** 2 + b["se_test"] ** 2 + b["se_seed"] ** 2)
-    return {"delta": delta, "ci": [delta - Z95 * se, delta + Z95 * se], "seeds": list(a["seeds"]),
-            "n_test": int(a["n_test"] + b["n_test"]), "se": se, "a": {"delta": a["delta"], "ci": a["ci"]},
-            "b": {"delta": b["delta"], "ci": b["ci"]},
-            "stopped_by": {f"a: {k}": v for k, v in a.get("stopped_by", {}).items()}
-            | {f"b: {k}": v for k, v in b.get("stopped_by", {}).items()},
-            "method": "difference of two independent compare() deltas, standard errors in quadrature"}
+    half = Z95 * math.hypot(*se)
+    stopped = {f"{label}: {name}": runs for label, e in ((a_label, a), (b_label, b))
+               for name, runs in e.get("stopped_by", {}).items()}
+    return {"delta": delta, "ci": [delta - half, delta + half], "seeds": sorted(set(a["seeds"]) & set(b["seeds"])),
+            "n_test": int(a["n_test"] + b["n_test"]), "a": {"name": a_label, "delta": a["delta"], "ci": a["ci"]},
+            "b": {"name": b_label, "delta": b["delta"], "ci": b["ci"]}, "stopped_by": stopped,
+            "method": "difference of two independent differences; standard errors added in quadrature"}
 
 
 def compare_paired_samples(a, b, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -412,5 +420,6 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
 
 
 __all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "run_scored_arm", "arms_table", "compare",
-           "compare_samples", "compare_paired_samples", "compare_deltas", "verdict", "claim", "recompute_verdict",
-           "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE"]
+           "compare_samples", "compare_paired_samples", "verdict", "claim", "recompute_verdict", "claims_table",
+           "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE"]
+__all__ += ["subset", "difference"]  # scoring part of a test set; a difference of independent differences

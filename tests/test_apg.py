@@ -1,13 +1,17 @@
 """APG: the decomposed forward equals the naive one, merging over-parameterisation changes nothing,
-conditions are shape-checked, wrapped base models train, and the scenario-groups knob works."""
+conditions are shape-checked, wrapped base models train and are left unchanged, the static
+alternative is what it says, and the scenario-groups knob works."""
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 
 from ctrlib.data import CTRWorld, TensorData
 from ctrlib.models import DCN, DeepFM
-from ctrlib.models.apg import APG, APGLinear, APGMLP
+from ctrlib.models.apg import APG, APGLinear, APGMLP, ConditionInMLP
 from ctrlib.train import fit, seed_everything
 
 B, N, M, D = 6, 12, 9, 5
@@ -172,7 +176,7 @@ def test_apg_wraps_din_head():
     seed_everything(0)
     model = APG(DIN(schema, embedding_dim=4, hidden=(12, 6)), condition_features=("scenario", "category"),
                 rank=3, overparam=5)
-    assert model.apg_mlp.layers[0].in_dim == model.apg_mlp.layers[0].in_dim and len(model.apg_mlp.layers) == 2
+    assert model.mlp.layers[0].in_dim == model.base.mlp.net[0].in_features and len(model.mlp.layers) == 2
     batch = next(data.batches(64))
     assert model(batch).shape == (64,)
     res = fit(model, data, epochs=2, batch_size=256, progress=False)
@@ -180,3 +184,110 @@ def test_apg_wraps_din_head():
     model.eval()
     before = model(batch)
     torch.testing.assert_close(model.merge_()(batch), before)
+
+
+def _snapshot(model):
+    state = {k: v.clone() if torch.is_tensor(v) else copy.deepcopy(v) for k, v in model.state_dict().items()}
+    return state, [(n, type(m)) for n, m in model.named_modules()]
+
+
+def _assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        if torch.is_tensor(v):
+            torch.testing.assert_close(v, b[k], rtol=0, atol=0)
+        else:
+            assert v == b[k], k
+
+
+@pytest.mark.parametrize("wrapper", [lambda b: APG(b, ("scenario",), rank=3, overparam=5),
+                                     lambda b: APG(b, (), rank=3), lambda b: ConditionInMLP(b, ("scenario",))],
+                         ids=["APG", "APG self-wise", "static"])
+@pytest.mark.parametrize("base", [DeepFM, DCN])
+def test_wrapping_leaves_the_base_model_unchanged(scenario_data, base, wrapper):
+    """Composition: wrapping builds a new model around the base's parts; the base model given keeps
+    its modules, its parameters and its forward, also after the wrapper has been called and trained."""
+    _, _, schema, data = scenario_data
+    seed_everything(0)
+    plain = base(schema, embedding_dim=4, hidden=(16, 8)).eval()
+    batch = next(data.batches(32))
+    state, modules = _snapshot(plain)
+    reference = copy.deepcopy(plain)
+    out = plain(batch).detach()
+    model = wrapper(plain)
+    assert _snapshot(plain)[1] == modules
+    _assert_same_state(plain.state_dict(), state)
+    torch.testing.assert_close(plain(batch), out, rtol=0, atol=0)
+    model(batch)
+    assert model.mlp is not plain.mlp
+    assert all(p is not q for p in model.mlp.parameters() for q in plain.mlp.parameters())
+    assert not any(m is n for m in model.mlp.modules() for n in plain.mlp.modules())
+    # the base MLP is never called by the wrapper: its parameters get no gradient
+    fit(model, data, epochs=1, batch_size=512, progress=False)
+    assert all(p.grad is None or not p.grad.any() for p in plain.mlp.parameters())
+    _assert_same_state(plain.mlp.state_dict(), reference.mlp.state_dict())
+
+
+@pytest.mark.parametrize("base", [DeepFM, DCN])
+def test_wrapped_forward_with_the_base_mlp_equals_the_base_forward(scenario_data, base):
+    """The wrapper's recipe of the base forward is the base forward: with the base's own MLP in
+    place of the conditioned one it gives the base model's logits exactly."""
+    from ctrlib.models.apg import _LOGITS
+    _, _, schema, data = scenario_data
+    seed_everything(0)
+    plain = _randomise(base(schema, embedding_dim=4, hidden=(16, 8))).eval()
+    batch = next(data.batches(64))
+    torch.testing.assert_close(_LOGITS[base](plain, batch, plain.mlp), plain(batch), rtol=0, atol=0)
+
+
+def test_condition_dim_none_uses_the_base_embedding_table(scenario_data):
+    _, _, schema, data = scenario_data
+    seed_everything(0)
+    model = APG(DeepFM(schema, embedding_dim=4, hidden=(16, 8)), ("scenario", "device"), rank=3, condition_dim=None)
+    assert model.condition_tables is None
+    batch = next(data.batches(32))
+    z = model.condition(batch)
+    assert z.shape == (32, 2 * 4)
+    torch.testing.assert_close(z[:, :4], model.base.embedding.lookup("scenario", batch["scenario"]))
+    assert model(batch).shape == (32,)
+    res = fit(model, data, epochs=2, batch_size=256, progress=False)
+    assert res.history.train_loss.iloc[-1] < res.history.train_loss.iloc[0]
+
+
+def test_wrappers_reject_unknown_bases_and_static_needs_a_condition(scenario_data):
+    from ctrlib.models import FM
+    _, _, schema, _ = scenario_data
+    with pytest.raises(TypeError, match="DeepFM"):
+        APG(FM(schema, embedding_dim=4), ("scenario",))
+    with pytest.raises(ValueError, match="condition feature"):
+        ConditionInMLP(DeepFM(schema, embedding_dim=4, hidden=(8,)), ())
+
+
+def test_static_alternative_reads_the_condition_in_its_first_layer(scenario_data):
+    """ConditionInMLP = the base MLP with [h, z_i] as input: same hidden widths, first layer wider
+    by the condition width, and its output changes with the condition alone."""
+    _, _, schema, data = scenario_data
+    seed_everything(0)
+    base = DeepFM(schema, embedding_dim=4, hidden=(16, 8))
+    model = _randomise(ConditionInMLP(base, ("scenario",), condition_dim=5)).eval()
+    linears = [m for m in model.mlp.net if isinstance(m, nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == \
+        [(base.mlp.net[0].in_features + 5, 16), (16, 8), (8, 1)]
+    batch = next(data.batches(64))
+    other = dict(batch, scenario=batch["scenario"] % 4 + 1)
+    changed = batch["scenario"] != other["scenario"]
+    assert changed.any()
+    assert not torch.allclose(model(batch)[changed], model(other)[changed])
+    assert model.condition_tables["scenario"].weight.std() > 0.5  # N(0, 1) init, as APG's
+
+
+def test_din_recipe_with_the_base_mlp_equals_the_din_forward():
+    from ctrlib.models.apg import _LOGITS
+    from ctrlib.models.din import DIN
+    world = CTRWorld(n_users=200, n_items=150, history_len=6, scenario_groups=3)
+    schema = world.schema(["user_id", "item_id", "category", "scenario"])
+    data = TensorData.from_frame(world.sample(500, seed=2), schema)
+    seed_everything(0)
+    din = _randomise(DIN(schema, embedding_dim=4, hidden=(12, 6))).eval()
+    batch = next(data.batches(64))
+    torch.testing.assert_close(_LOGITS[DIN](din, batch, din.mlp), din(batch), rtol=0, atol=0)

@@ -5,7 +5,7 @@ from sklearn.metrics import roc_auc_score
 
 from ctrlib.data import CTRWorld, TensorData, split_by_time
 from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Run, _weighted_auc, claim,
-                               claims_table, compare, compare_deltas, compare_paired_samples, compare_samples,
+                               claims_table, compare, compare_paired_samples, compare_samples,
                                describe, recompute_verdict, run_arm, run_scored_arm, say, verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
@@ -193,22 +193,6 @@ def test_claims_check_reports_each_protocol_breach():
     assert claims_check.problems("ch", {"quick": False, "claims": [side]}) == []
 
 
-def test_compare_deltas_adds_independent_errors_in_quadrature():
-    a = {"delta": 0.01, "ci": [0.0, 0.02], "se_test": 0.003, "se_seed": 0.004, "seeds": [0, 1, 2], "n_test": 100,
-         "stopped_by": {"x": ["early stopping"]}}
-    b = {"delta": 0.03, "ci": [0.02, 0.04], "se_test": 0.0, "se_seed": 0.0, "seeds": [0, 1, 2], "n_test": 50}
-    e = compare_deltas(a, b)
-    assert e["delta"] == pytest.approx(0.02) and e["n_test"] == 150 and e["seeds"] == [0, 1, 2]
-    half = 1.959963984540054 * 0.005                     # sqrt(0.003^2 + 0.004^2) = 0.005
-    assert e["ci"] == pytest.approx([0.02 - half, 0.02 + half])
-    assert verdict(e["ci"]) == REPRODUCED and e["stopped_by"] == {"a: x": ["early stopping"]}
-    assert compare_deltas(b, a)["delta"] == pytest.approx(-0.02)
-    with pytest.raises(ValueError, match="seeds differ"):
-        compare_deltas(a, {**b, "seeds": [0]})
-    with pytest.raises(KeyError, match="se_test"):
-        compare_deltas(a, {"delta": 0.0, "seeds": [0, 1, 2], "n_test": 1})
-
-
 def test_paired_samples_cancel_shared_drift():
     """Timings that drift together (load) give a tight paired interval where the unpaired one is wide."""
     rng = np.random.default_rng(0)
@@ -225,3 +209,35 @@ def test_paired_samples_cancel_shared_drift():
         compare_paired_samples(a, b[:3])
     with pytest.raises(ValueError, match="positive"):
         compare_paired_samples(a, -b)
+
+
+def test_subset_rescores_each_run_on_the_selected_rows():
+    from ctrlib.experiment import subset
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 400).astype(float)
+    preds = [y * 0.3 + rng.random(400) for _ in range(2)]
+    arm = _arm("a", y, preds, [0, 1])
+    mask = np.arange(400) < 150
+    part = subset(arm, mask, "a, first rows")
+    assert part.name == "a, first rows" and part.seeds == [0, 1] and len(part.labels) == 150
+    for run, p in zip(part.runs, preds):
+        assert run.metrics["auc"] == pytest.approx(roc_auc_score(y[:150], p[:150]))
+    assert subset(arm, np.arange(400)).values("auc") == pytest.approx(arm.values("auc"))
+    e = compare(part, subset(_arm("b", y, [p + y for p in preds], [0, 1]), mask), n_boot=50)
+    assert e["n_test"] == 150 and e["delta"] > 0
+    with pytest.raises(ValueError, match="no test rows"):
+        subset(arm, np.zeros(400, bool))
+
+
+def test_difference_of_independent_deltas_adds_their_errors():
+    from ctrlib.experiment import Z95, difference
+    a = {"delta": 0.01, "ci": [0.01 - Z95 * 0.003, 0.01 + Z95 * 0.003], "seeds": [0, 1, 2], "n_test": 100,
+         "stopped_by": {"x": ["early stopping"]}}
+    b = {"delta": 0.05, "ci": [0.05 - Z95 * 0.004, 0.05 + Z95 * 0.004], "seeds": [0, 1, 2], "n_test": 200,
+         "stopped_by": {"x": ["epoch cap"]}}
+    e = difference(a, b, "off", "on")
+    assert e["delta"] == pytest.approx(0.04)
+    assert e["ci"] == pytest.approx([0.04 - Z95 * 0.005, 0.04 + Z95 * 0.005])
+    assert e["seeds"] == [0, 1, 2] and e["n_test"] == 300
+    assert e["stopped_by"] == {"off: x": ["early stopping"], "on: x": ["epoch cap"]}
+    assert claim("the gain is larger with the mechanism on", e, "auc", ("off", "on"))["verdict"] == REPRODUCED

@@ -24,7 +24,7 @@ Layers, not models (they take widths, not a schema): :class:`APGLinear` and :cla
 (APG's generated layers) and :class:`HSTUBlock` (the block the generative rankers stack); they
 live in their model's file because only that model family uses them.
 """
-from ctrlib.models.apg import APG, APGLinear, APGMLP
+from ctrlib.models.apg import APG, APGLinear, APGMLP, ConditionInMLP
 from ctrlib.models.dcn import DCN
 from ctrlib.models.deepfm import DeepFM
 from ctrlib.models.dfgr import GenerativeRanker
@@ -37,7 +37,7 @@ from ctrlib.models.lr import LogisticRegression
 from ctrlib.models.tlsi import TLSI
 from ctrlib.models.two_tower import TwoTower
 
-MODELS = ("LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "TwoTower", "DIN", "DIEN", "GenerativeRanker",
-          "TLSI")
+MODELS = ("LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "ConditionInMLP", "TwoTower", "DIN", "DIEN",
+          "GenerativeRanker", "TLSI")
 LAYERS = ("APGLinear", "APGMLP", "HSTUBlock")
 __all__ = [*MODELS, *LAYERS]

@@ -16,18 +16,26 @@ Conditions (``APGMLP``): *group-wise* / *mix-wise*: ``z_i`` is the concatenation
 of one / several condition features (e.g. a user-group id); *self-wise*: ``z_i = h_i``, the layer's
 own input (then APG-MLP is a pure drop-in for ``MLP``).
 
+Wrapping a base model (``APG``): by composition, as FuxiCTR's ``APG_DeepFM``, whose forward calls
+``self.mlp(h, condition)``: APG keeps the base model (DeepFM, DCN or DIN) as it is, calls its
+embedding and interaction parts, and its own APG-MLP in place of the base MLP. ``ConditionInMLP``
+is the simplest static alternative: the same condition embedding fed into a static MLP.
+
 Reference implementation: FuxiCTR ``model_zoo/APG`` (``APG_Linear``, ``APG_MLP``). Our choices,
 not the paper's: the generator starts at ``S_i = I`` (its output bias is the flattened identity),
 and ``share_uv=False`` (the "no parameter sharing" ablation) generates U_i and V_i as well.
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 
 import torch
 from torch import nn
 
-from ctrlib.layers import EmbeddingTable
+from ctrlib.layers import EmbeddingTable, fm_interaction
+from ctrlib.models.dcn import DCN
+from ctrlib.models.deepfm import DeepFM
+from ctrlib.models.din import DIN
 
 
 def _hypernet_body(in_dim: int, hidden) -> tuple[nn.Sequential, int]:
@@ -193,6 +201,19 @@ class APGLinear(nn.Module):
         return torch.bmm(x.unsqueeze(1), self.weights(z)).squeeze(1) + b
 
 
+def _mlp_layout(mlp: nn.Module) -> tuple[list[int], bool]:
+    """Where the hidden Linear layers of ``mlp.net`` are, and whether it ends with an output Linear."""
+    net = getattr(mlp, "net", None)
+    if not isinstance(net, nn.Sequential):
+        raise TypeError(f"expected an MLP with a .net Sequential, got a {type(mlp).__name__}")
+    starts = [i for i, m in enumerate(net) if isinstance(m, nn.Linear)]
+    has_out = bool(starts) and starts[-1] == len(net) - 1
+    hidden_starts = starts[:-1] if has_out else starts
+    if not hidden_starts:
+        raise ValueError("the MLP has no hidden Linear layer to replace")
+    return hidden_starts, has_out
+
+
 class APGMLP(nn.Module):
     """``MLP`` with every hidden ``Linear`` replaced by an :class:`APGLinear`:
     APGLinear -> [BatchNorm] -> activation -> [Dropout] per hidden layer, then a *static* output
@@ -239,21 +260,19 @@ class APGMLP(nn.Module):
     def from_mlp(cls, mlp: nn.Module, condition_dim: int | None = None, **apg) -> APGMLP:
         """An APG-MLP with the shape of an existing MLP (``ctrlib.layers.MLP``, ``ActivationMLP``, or
         any module whose ``net`` is a Sequential of Linear layers and per-layer modules): each hidden
-        Linear becomes an APGLinear of the same width, the modules after it (BatchNorm, ReLU, Dice,
-        Dropout, ...) are kept, and a final Linear stays the static output layer."""
+        Linear becomes an APGLinear of the same width, copies of the modules after it (BatchNorm,
+        ReLU, Dice, Dropout, ...) are kept, and a copy of a final Linear is the static output layer.
+        ``mlp`` itself is not changed."""
+        hidden_starts, has_out = _mlp_layout(mlp)
         modules = list(mlp.net)
-        starts = [i for i, m in enumerate(modules) if isinstance(m, nn.Linear)]
-        has_out = bool(starts) and starts[-1] == len(modules) - 1
-        hidden_starts = starts[:-1] if has_out else starts
-        if not hidden_starts:
-            raise ValueError("the MLP has no hidden Linear layer to replace")
         first = modules[hidden_starts[0]]
         new = cls(first.in_features, [modules[i].out_features for i in hidden_starts],
                   modules[-1].out_features if has_out else None, condition_dim=condition_dim, **apg)
-        ends = hidden_starts[1:] + [starts[-1] if has_out else len(modules)]
-        new.post = nn.ModuleList(nn.Sequential(*modules[a + 1:b]) for a, b in zip(hidden_starts, ends))
+        ends = hidden_starts[1:] + [len(modules) - 1 if has_out else len(modules)]
+        new.post = nn.ModuleList(copy.deepcopy(nn.Sequential(*modules[a + 1:b]))
+                                 for a, b in zip(hidden_starts, ends))
         if has_out:
-            new.head = modules[-1]
+            new.head = copy.deepcopy(modules[-1])
         return new
 
     def merge_(self) -> APGMLP:
@@ -264,43 +283,59 @@ class APGMLP(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------
-# Wrapping a base model: swap its MLP for an APG-MLP of the same shape.
+# A base model with a conditioned MLP, by composition: the base model is used as it is.
 # ---------------------------------------------------------------------------------------------
 
-class _ConditionedMLP(nn.Module):
-    """Stands where the base model's MLP stood and is called the same way, ``mlp(x)``; the
-    wrapping :class:`APG` model hands it the batch's condition just before the base forward."""
-
-    def __init__(self, apg_mlp: APGMLP):
-        super().__init__()
-        self.apg = apg_mlp
-        self.z: torch.Tensor | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.apg(x, self.z)
+def _deepfm_logit(base: DeepFM, batch, mlp) -> torch.Tensor:
+    """DeepFM's forward (eq. 1 of its paper) with ``mlp`` in place of ``base.mlp``."""
+    e = base.embedding(batch)  # [B, F, D]
+    logit = mlp(e.flatten(1)).squeeze(-1)  # [B]
+    if base.use_fm:
+        logit = logit + base.linear(batch) + fm_interaction(e)
+    return logit
 
 
-class APG(nn.Module):
-    """A base CTR model with its MLP (attribute ``mlp_attr``) replaced by an APG-MLP of the same
-    widths: ``APG(DeepFM(schema), condition_features=("scenario",))``. Embeddings and explicit
-    interaction parts (FM, cross network, attention) stay static, as in the paper.
+def _dcn_logit(base: DCN, batch, mlp) -> torch.Tensor:
+    """DCN's forward with ``mlp`` in place of ``base.mlp`` (a hidden-only MLP: no output layer)."""
+    x0 = base.embedding(batch).flatten(1)  # [B, F*D]
+    x = base.cross(x0)  # [B, F*D]
+    h = mlp(x) if base.structure == "stacked" else torch.cat([x, mlp(x0)], dim=1)
+    return base.head(h).squeeze(-1)  # [B]
 
-    condition_features: the features whose embeddings, concatenated, form z_i: one feature is
-        group-wise, several mix-wise, ``()`` self-wise.
+
+def _din_logit(base: DIN, batch, mlp) -> torch.Tensor:
+    """DIN's forward with ``mlp`` in place of ``base.mlp``."""
+    fields, query, keys, mask = base.embedding(batch)  # [B, F, D], [B, d], [B, L, d], [B, L]
+    pooled, _ = base.pool(query, keys, mask)  # [B, d]
+    return mlp(torch.cat([fields.flatten(1), pooled], dim=1)).squeeze(-1)  # [B]
+
+
+_LOGITS = {DeepFM: _deepfm_logit, DCN: _dcn_logit, DIN: _din_logit}
+
+
+class _Conditioned(nn.Module):
+    """A base model whose MLP is replaced, in this module's forward only, by one that also reads a
+    condition ``z_i``. The base model passed in is kept as ``self.base`` and never changed: its
+    embedding and explicit interaction parts (FM, cross network, attention) are called as they are,
+    its own MLP is not called (it stays in ``self.base``, unused, and gets no gradient).
+
+    condition_features: the features whose embeddings, concatenated, form z_i.
     condition_dim: size of each condition feature's embedding in a *separate* condition table
         (FuxiCTR's ``new_condition_emb``), initialised N(0, ``condition_init_std``). ``None`` looks the
         conditions up in the base model's own embedding table instead (FuxiCTR's default); with
-        the book's tiny N(0, 1e-4) embedding init the generator then barely sees the condition
-        early in training, which is why the separate table is our default.
+        the book's tiny N(0, 1e-4) embedding init the condition is then nearly zero early in
+        training, which is why the separate table is our default.
     """
 
-    def __init__(self, base: nn.Module, condition_features=("scenario",), mlp_attr: str = "mlp",
-                 rank=8, overparam=None, share_uv: bool = True, generate_bias: bool = True, hypernet_hidden=(),
-                 condition_dim: int | None = 8, condition_init_std: float = 1.0):
+    def __init__(self, base: nn.Module, condition_features, mlp_attr: str, condition_dim: int | None,
+                 condition_init_std: float):
         super().__init__()
-        mlp = getattr(base, mlp_attr)
-        if not isinstance(getattr(mlp, "net", None), nn.Sequential):
-            raise TypeError(f"base.{mlp_attr} is a {type(mlp).__name__}, not an MLP with a .net Sequential")
+        kind = next((k for k in _LOGITS if isinstance(base, k)), None)
+        if kind is None:
+            raise TypeError(f"{type(self).__name__} wraps {', '.join(k.__name__ for k in _LOGITS)}; "
+                            f"got a {type(base).__name__}")
+        self._logit = _LOGITS[kind]
+        _mlp_layout(getattr(base, mlp_attr))  # TypeError / ValueError unless an MLP with hidden layers
         self.condition_features = tuple(condition_features)
         features = [base.schema[name] for name in self.condition_features]  # KeyError for an unknown one
         self.condition_tables = None
@@ -309,17 +344,9 @@ class APG(nn.Module):
                                                    for f in features})
             for table in self.condition_tables.values():
                 nn.init.normal_(table.weight, std=condition_init_std)
+        self.base, self.schema = base, base.schema
         per_feature = condition_dim if condition_dim is not None else self._table().dim
-        cond_dim = len(self.condition_features) * per_feature if self.condition_features else None
-        apg_mlp = APGMLP.from_mlp(mlp, cond_dim, rank=rank, overparam=overparam, share_uv=share_uv,
-                                  generate_bias=generate_bias, hypernet_hidden=hypernet_hidden)
-        self.base, self.mlp_attr = base, mlp_attr
-        setattr(base, mlp_attr, _ConditionedMLP(apg_mlp))  # registered once, inside the base model
-        self.schema = base.schema
-
-    @property
-    def apg_mlp(self) -> APGMLP:
-        return getattr(self.base, self.mlp_attr).apg
+        self.condition_width = len(self.condition_features) * per_feature  # 0: no condition (self-wise)
 
     def condition(self, batch) -> torch.Tensor | None:
         """z_i ``[B, n_features * D]``: the condition features' embeddings, concatenated."""
@@ -335,151 +362,54 @@ class APG(nn.Module):
         emb = self.base.embedding
         return getattr(emb, "table", emb)
 
-    def forward(self, batch):
-        slot = getattr(self.base, self.mlp_attr)
-        slot.z = self.condition(batch)
-        try:
-            return self.base(batch)
-        finally:
-            slot.z = None  # never keep a batch's tensors alive between calls
+
+class APG(_Conditioned):
+    """A base CTR model (DeepFM, DCN, DIN) whose MLP is an APG-MLP of the same widths:
+    ``APG(DeepFM(schema), condition_features=("scenario",))``. Embeddings and explicit interaction
+    parts stay static, as in the paper. The base model is not changed (see ``_Conditioned``): APG
+    builds its own :class:`APGMLP` (a copy of the base MLP's activations, normalisation, dropout and
+    output layer, with each hidden Linear replaced by an APGLinear) and calls it as ``mlp(h, z)``.
+
+    condition_features: one feature is group-wise, several mix-wise, ``()`` self-wise.
+    condition_dim, condition_init_std: the condition table (see ``_Conditioned``).
+    """
+
+    def __init__(self, base: nn.Module, condition_features=("scenario",), mlp_attr: str = "mlp",
+                 rank=8, overparam=None, share_uv: bool = True, generate_bias: bool = True, hypernet_hidden=(),
+                 condition_dim: int | None = 8, condition_init_std: float = 1.0):
+        super().__init__(base, condition_features, mlp_attr, condition_dim, condition_init_std)
+        self.mlp = APGMLP.from_mlp(getattr(base, mlp_attr), self.condition_width or None, rank=rank,
+                                   overparam=overparam, share_uv=share_uv, generate_bias=generate_bias,
+                                   hypernet_hidden=hypernet_hidden)
+
+    def forward(self, batch) -> torch.Tensor:
+        z = self.condition(batch)  # [B, d] or None (self-wise)
+        return self._logit(self.base, batch, lambda h: self.mlp(h, z))
 
     def merge_(self) -> APG:
-        self.apg_mlp.merge_()
+        self.mlp.merge_()
         return self
 
 
-# ---------------------------------------------------------------------------------------------
-# Measuring cost: regular layer vs naive APG vs decomposed APG (used by the chapter and
-# benchmarks/bench_apg.py).
-# ---------------------------------------------------------------------------------------------
+class ConditionInMLP(_Conditioned):
+    """The simplest *static* alternative to APG: the same condition embedding z_i (same table, same
+    init) concatenated to the MLP's input, ``mlp([h, z_i])``, with static weights. The MLP is a copy
+    of the base MLP whose first Linear is wider by the condition width (a fresh Xavier-normal
+    weight, zero bias, as ``ctrlib.layers.MLP``). Same arguments as :class:`APG`."""
 
-@contextlib.contextmanager
-def _quiet_native_output():
-    """Silence what C++ writes to file descriptors 1 and 2 (the profiler's start/stop lines and
-    its allocator warning), so notebooks stay readable; Python-level output is untouched."""
-    import os
-    import sys
+    def __init__(self, base: nn.Module, condition_features=("scenario",), mlp_attr: str = "mlp",
+                 condition_dim: int | None = 8, condition_init_std: float = 1.0):
+        super().__init__(base, condition_features, mlp_attr, condition_dim, condition_init_std)
+        if not self.condition_features:
+            raise ValueError("ConditionInMLP needs at least one condition feature")
+        self.mlp = copy.deepcopy(getattr(base, mlp_attr))
+        i = _mlp_layout(self.mlp)[0][0]
+        first = self.mlp.net[i]
+        wider = nn.Linear(first.in_features + self.condition_width, first.out_features)
+        nn.init.xavier_normal_(wider.weight)
+        nn.init.zeros_(wider.bias)
+        self.mlp.net[i] = wider
 
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, devnull):
-            os.close(fd)
-
-
-def peak_memory_mib(fn) -> float:
-    """Peak of live tensor memory allocated on the CPU while ``fn()`` runs, in MiB.
-
-    Measured with the PyTorch profiler (``profile_memory=True``): every allocation and free is
-    recorded with its time; the running sum over time, started at 0, peaks at the answer. It
-    counts tensors only (not Python objects or the allocator's cached pages), and only what is
-    allocated inside ``fn`` (parameters and inputs that exist before are not counted).
-    """
-    import numpy as np
-    from torch.profiler import ProfilerActivity, profile
-
-    with _quiet_native_output(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    live = np.cumsum([e.self_cpu_memory_usage for e in events]) if events else np.zeros(1)
-    return float(max(live.max(), 0.0)) / 2 ** 20
-
-
-def median_ms(fn, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, in milliseconds (after ``warmup`` calls)."""
-    import statistics
-    import time
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-class _Regular(nn.Module):
-    """A regular layer with the APG layer's call signature (the condition is ignored)."""
-
-    def __init__(self, n: int, m: int):
-        super().__init__()
-        self.linear = nn.Linear(n, m)
-
-    def forward(self, x, z):
-        return self.linear(x)
-
-
-class _Materialised(nn.Module):
-    """An APG layer run the naive way: W_i built as a ``[B, N, M]`` tensor, then ``h W_i + b_i``."""
-
-    def __init__(self, layer: APGLinear):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x, z):
-        return self.layer.forward_naive(x, z)
-
-
-def layer_variants(n: int, m: int, condition_dim: int = 16, rank: int = 8, overparam: int | None = None):
-    """The layers of the efficiency comparison, all ``[B, n] -> [B, m]`` given ``(x, z)``:
-    ``regular`` (nn.Linear), ``naive`` (basic APG: the generator emits the whole W_i),
-    ``low-rank, W materialised`` (W_i = U S_i V formed, then multiplied) and ``decomposed``
-    (APG as used: ((h U) S_i) V with U, V shared)."""
-    return {
-        "regular": _Regular(n, m),
-        "naive": _Materialised(APGLinear(n, m, condition_dim, rank=None)),
-        "low-rank, W materialised": _Materialised(APGLinear(n, m, condition_dim, rank=rank, overparam=overparam)),
-        "decomposed": APGLinear(n, m, condition_dim, rank=rank, overparam=overparam),
-    }
-
-
-def measure_layers(widths=(64, 256), batch_sizes=(256, 1024), condition_dim: int = 16, rank: int = 8,
-                   repeats: int = 5, variants=None, seed: int = 0):
-    """One row per (variant, width, batch size): parameters, train step ms (forward + backward),
-    inference ms (eval, no grad), and peak MiB of a train step and of inference (see
-    :func:`peak_memory_mib`). Widths are N = M. Times are medians of ``repeats``; all variants of
-    one setting are measured in the same run, one after the other, so their ratios compare like
-    with like."""
-    import pandas as pd
-
-    rows = []
-    for width in widths:
-        torch.manual_seed(seed)
-        layers = layer_variants(width, width, condition_dim, rank)
-        names = list(layers) if variants is None else list(variants)
-        for batch in batch_sizes:
-            x, z = torch.randn(batch, width), torch.randn(batch, condition_dim)
-            for name in names:
-                layer = layers[name]
-                params = [p for p in layer.parameters()]
-
-                def train_step(layer=layer, params=params, x=x, z=z):
-                    for p in params:
-                        p.grad = None
-                    layer(x, z).square().mean().backward()
-
-                def infer(layer=layer, x=x, z=z):
-                    with torch.no_grad():
-                        layer(x, z)
-
-                layer.train()
-                train_step()  # warm-up, and the .grad tensors of the first step
-                train_ms = median_ms(train_step, repeats)
-                train_mib = peak_memory_mib(train_step)
-                layer.eval()
-                infer_ms = median_ms(infer, repeats)
-                infer_mib = peak_memory_mib(infer)
-                rows.append({"variant": name, "width": width, "batch": batch,
-                             "params": sum(p.numel() for p in params), "train_ms": train_ms,
-                             "infer_ms": infer_ms, "train_peak_mib": train_mib, "infer_peak_mib": infer_mib})
-    return pd.DataFrame(rows)
+    def forward(self, batch) -> torch.Tensor:
+        z = self.condition(batch)  # [B, d]
+        return self._logit(self.base, batch, lambda h: self.mlp(torch.cat([h, z], dim=1)))
