@@ -5,8 +5,8 @@ from sklearn.metrics import roc_auc_score
 
 from ctrlib.data import CTRWorld, TensorData, split_by_time
 from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Arm, Run, _weighted_auc, claim,
-                               claims_table, compare, compare_paired_samples, compare_samples,
-                               describe, recompute_verdict, run_arm, run_scored_arm, say, verdict)
+                               claims_table, compare, compare_paired_samples, compare_samples, describe,
+                               recompute_verdict, run_arm, run_scored_arm, say, verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
 
