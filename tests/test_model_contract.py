@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import ctrlib.models
-from ctrlib.data import CTRWorld, TensorData
+from ctrlib.data import CTRWorld, TensorData, Timestamp
 from ctrlib.models import (APG, DCN, DIEN, DIN, DLRM, FM, TLSI, ConditionInMLP, DeepFM, GenerativeRanker,
                            LogisticRegression, TwoTower)
 from ctrlib.train import _embedding_tables
@@ -56,11 +56,10 @@ def _contract_build(cls, schema):
 
 
 def _tlsi():
-    # TLSI's current constructor and inputs (dim=, mlp=, timestamps added by add_time_tensors).
-    from ctrlib.models.tlsi import add_time_tensors
-    df, schema, data = _data()
-    batch = dict(add_time_tensors(TensorData(dict(data.tensors)), df).tensors)
-    return TLSI(schema, dim=D, short_len=4, mlp=HIDDEN), batch
+    # TLSI reads the prediction time and the behaviour times from Timestamp features of the schema.
+    df, schema, _ = _data()
+    schema = schema.add(Timestamp("timestamp"), Timestamp("hist_timestamp", _world().config.history_len))
+    return TLSI(schema, D, HIDDEN, short_len=4), dict(TensorData.from_frame(df, schema).tensors)
 
 
 def _generative_ranker():

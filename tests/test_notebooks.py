@@ -156,22 +156,32 @@ BANDS["03_user_behaviour"] = _bands_03_user_behaviour
 
 
 def _bands_06_time_matters(res):
-    """Time Matters (TLSI): every model stays below the oracle, TLSI learns and is not far behind
-    the time-blind DIN even in QUICK mode, the attention statistics are sane, the ablations ran,
-    and the MovieLens sanity check runs."""
+    """Time Matters (TLSI): the four arms and the ablations ran on every seed, nothing beats the
+    oracle (AUC or logloss, in the time world and in its no-events control), the attention
+    statistics are real relative weights, and the claims compare the arms they name. The paper's
+    claims themselves are checked in full mode (tools/claims.py), not here."""
     m, oracle = res["models"], res["oracle"]
-    for name in ("DIN", "DIEN", "TLSI"):
-        assert m[name]["auc"] < oracle["auc"], f"{name} is not below the oracle"
-    assert m["TLSI"]["auc"] > 0.55, f"TLSI barely learns: AUC {m['TLSI']['auc']:.4f}"
-    assert m["TLSI"]["auc"] > m["DIN"]["auc"] - 0.02, (m["TLSI"]["auc"], m["DIN"]["auc"])
-    # Relative attention (1 = uniform over the real behaviours). QUICK mode trains too little for
-    # the attention to learn the clock, so only a non-degenerate scale is checked here; in full
-    # mode the time-aware attention is strongly selective (near ~2.8x, far ~0.26x: the heat map).
+    assert set(m) == {"DIN", "DIN + time gaps", "DIEN", "TLSI"}, sorted(m)
+    seeds = {r["seeds"] for r in m.values()}
+    assert len(seeds) == 1 and (res["quick"] or seeds == {3}), f"every arm runs the same seeds: {seeds}"
+    for group, ceiling in ((m, oracle), (res["ablations"], oracle),
+                           ({k: v for k, v in res["control"].items() if k != "oracle"}, res["control"]["oracle"])):
+        for name, r in group.items():
+            assert r["logloss"] > ceiling["logloss"], f"{name}: logloss {r['logloss']:.4f} beats the oracle's"
+            assert r["auc"] < ceiling["auc"], f"{name}: AUC {r['auc']:.4f} beats the oracle's"
+            assert len(r["stopped_by"]) == r["seeds"], (name, r)
+    assert set(res["ablations"]) == {"TLSI", "- time attention", "- time-point code"}, res["ablations"]
+    assert res["ablations"]["TLSI"] == m["TLSI"], "the ablations' full model is the headline TLSI"
     att = res["attention"]
-    assert all(0.05 < att[k] < 20 for k in ("near", "far", "near_content_only", "far_content_only")), att
-    assert {"full", "- time attention"} <= set(res["ablations"]), res["ablations"]
-    ml = {name: v["auc"] for name, v in res["movielens"].items()}
-    assert set(ml) == {"DIN", "DIEN", "TLSI"} and max(ml.values()) > 0.55, f"MovieLens AUCs {ml}"
+    assert all(0 < v < 50 and math.isfinite(v) for v in att.values()), att
+    assert 0 <= res["by_hour"]["tlsi_wins"] <= res["by_hour"]["hours"] <= 24, res["by_hour"]
+    arms = [tuple(c["arms"]) for c in res["claims"]]
+    for pair in (("DIN", "TLSI"), ("DIEN", "TLSI"), ("DIN + time gaps", "TLSI"), ("- time attention", "TLSI"),
+                 ("- time-point code", "TLSI"), ("gain without events", "gain with events")):
+        assert pair in arms, f"no claim compares {pair}: {arms}"
+    assert set(res["movielens"]) == {"DIN", "DIEN", "TLSI"}, res["movielens"]
+    for name, r in res["movielens"].items():  # logloss unbounded: early stopping watches AUC, not calibration
+        assert 0.55 < r["auc"] < 0.95, f"MovieLens {name}: {r}"
 
 
 BANDS["06_time_matters"] = _bands_06_time_matters

@@ -1,4 +1,5 @@
-"""TLSI (Time Matters): the time-world knob, time encoders, Time-LSTM, time-aware attention, no leakage."""
+"""TLSI (Time Matters): the time-world knob, timestamp features, time encoders, Time-LSTM, time-aware
+attention, no leakage from the future."""
 import functools
 import math
 
@@ -8,10 +9,11 @@ import pytest
 import torch
 
 from ctrlib import fit, seed_everything
-from ctrlib.data import CTRWorld, TensorData
+from ctrlib.data import Categorical, CTRWorld, Schema, Sequence, TensorData, Timestamp
+from ctrlib.data.clock import add_time_gaps, gap_bucket, hour_and_weekday
 from ctrlib.data.sequences import build_behaviour_samples
-from ctrlib.models.tlsi import (TLSI, TimeAwareAttention, TimeEncoder, TimeLSTM, TimeLSTMCell, add_time_tensors,
-                                gap_bucket, hour_and_weekday)
+from ctrlib.models import DIN
+from ctrlib.models.tlsi import TLSI, TimeAwareAttention, TimeEncoder, TimeLSTM, TimeLSTMCell
 
 FIELDS = ["age", "gender", "item_id", "category", "hour", "weekday"]
 
@@ -32,8 +34,13 @@ def world_data(n=2000, seed=1):
     """The small time world (built once) and ``n`` impressions; callers must not modify them in place."""
     w = _world()
     df = w.sample(n, seed=seed)
-    schema = w.schema(fields=FIELDS)
-    return w, df, schema, add_time_tensors(TensorData.from_frame(df, schema), df)
+    schema = time_schema(w)
+    return w, df, schema, TensorData.from_frame(df, schema)
+
+
+def time_schema(w):
+    """The world's schema plus the prediction time and the behaviour times TLSI reads."""
+    return w.schema(fields=FIELDS).add(Timestamp("timestamp"), Timestamp("hist_timestamp", w.config.history_len))
 
 
 # ------------------------------------------------------------------ the simulator knob
@@ -198,29 +205,60 @@ def test_time_aware_attention_matches_a_loop_and_masks_padding():
 
 # ------------------------------------------------------------------ no leakage
 def test_histories_hold_no_future_behaviour():
-    w, df, _, data = world_data(3000)
+    _, _, _, data = world_data(3000)
     ts, hist_t, hist_i = data["timestamp"], data["hist_timestamp"], data["hist_item_id"]
     assert ((hist_t < ts[:, None]) | (hist_i == 0)).all()
-    # Rebuilding the histories from the log truncated at the median time changes nothing for the
-    # samples before it: nothing after the prediction time reaches a feature.
-    log = w.behaviour_log()
-    cut = int(df.timestamp.median())
-    early = df[df.timestamp <= cut][["user_id", "item_id", "timestamp", "label"]]
-    full = build_behaviour_samples(early, w.config.history_len, log, history_features=("category",))
-    trunc = build_behaviour_samples(early, w.config.history_len, log[log.timestamp < cut],
-                                    history_features=("category",))
-    for col in ("hist_item_id", "hist_category", "hist_timestamp"):
-        assert (np.stack(full[col]) == np.stack(trunc[col])).all()
-    np.testing.assert_array_equal(np.stack(full.hist_item_id), np.stack(df[df.timestamp <= cut].hist_item_id))
-    # And the model's output for a sample does not move when later behaviours change.
+
+
+def honest_histories(samples, log):
+    return build_behaviour_samples(samples, _world().config.history_len, log, history_features=("category",))
+
+
+def leaky_histories(samples, log):
+    """A deliberately leaky builder: histories reach one day past the prediction time."""
+    ahead = samples.assign(timestamp=samples.timestamp + 86_400)
+    return honest_histories(ahead, log).assign(timestamp=samples.timestamp.to_numpy())
+
+
+def scramble_future(log, t_star, rng):
+    """The log with every behaviour at or after ``t_star`` replaced: other items, categories and
+    times (still >= t*), plus a copy of each at exactly t*."""
+    w, out = _world(), log.copy()
+    future = (out.timestamp >= t_star).to_numpy()
+    n = int(future.sum())
+    out.loc[future, "item_id"] = rng.integers(1, w.config.n_items + 1, n)
+    out.loc[future, "category"] = rng.integers(1, w.config.n_categories + 1, n)
+    out.loc[future, "timestamp"] = t_star + rng.integers(0, 5 * 86_400, n)
+    return pd.concat([out, out[future].assign(timestamp=t_star)], ignore_index=True)
+
+
+def tlsi_outputs_before_and_after_changing_the_future(build_histories, n=48):
+    """TLSI's logits for ``n`` impressions whose histories ``build_histories(samples, log)`` makes
+    from the behaviour log, and the same after everything at or after each impression's own
+    prediction time is scrambled in the log (:func:`scramble_future`)."""
+    w, df, schema, _ = world_data(3000)
+    log, rng = w.behaviour_log(), np.random.default_rng(0)
+    rows = df.iloc[np.linspace(len(df) // 4, len(df) - 1, n).astype(int)]
+    rows = rows[FIELDS + ["user_id", "timestamp", "label"]].reset_index(drop=True)
     seed_everything(0)
-    model = TLSI(w.schema(fields=FIELDS), dim=8, short_len=4).eval()
-    batch = {k: v[:64] for k, v in data.tensors.items()}
-    fut = {k: v.clone() for k, v in batch.items()}
-    later = fut["hist_timestamp"] >= fut["timestamp"][:, None]
-    assert not later.any()
+    model = TLSI(schema, 8, short_len=4).eval()
+    as_batch = lambda frame: TensorData.from_frame(frame, schema).tensors  # noqa: E731
+    true = as_batch(build_histories(rows, log))
+    changed = as_batch(pd.concat([build_histories(rows.iloc[[i]], scramble_future(log, int(rows.timestamp[i]), rng))
+                                  for i in range(n)], ignore_index=True))
+    assert (true["hist_item_id"] > 0).sum(1).min() > 0, "the test needs impressions with a history"
     with torch.no_grad():
-        torch.testing.assert_close(model(batch), model(fut))
+        return model(true), model(changed)
+
+
+def test_changing_the_future_moves_nothing():
+    before, after = tlsi_outputs_before_and_after_changing_the_future(honest_histories)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_the_future_check_catches_a_leaky_pipeline():
+    before, after = tlsi_outputs_before_and_after_changing_the_future(leaky_histories)
+    assert (after - before).abs().max() > 1e-3, "a history that sees a day ahead must move when the future changes"
 
 
 # ------------------------------------------------------------------ the model
@@ -232,7 +270,7 @@ ABLATIONS = [dict(), dict(time_attention=False), dict(periodic=False), dict(time
 def test_tlsi_shapes_and_every_ablation_runs(flags):
     _, _, schema, data = world_data(600)
     seed_everything(0)
-    model = TLSI(schema, dim=8, short_len=5, **flags)
+    model = TLSI(schema, 8, short_len=5, **flags)
     batch = next(data.batches(64))
     out = model(batch)
     assert out.shape == (64,) and torch.isfinite(out).all()
@@ -251,7 +289,7 @@ def test_tlsi_needs_a_module_and_handles_empty_histories():
     batch = {k: v[:8].clone() for k, v in data.tensors.items()}
     for name in ("hist_item_id", "hist_category", "hist_timestamp"):
         batch[name].zero_()
-    assert torch.isfinite(TLSI(schema, dim=8)(batch)).all()
+    assert torch.isfinite(TLSI(schema, 8)(batch)).all()
 
 
 def test_tlsi_overfits_a_tiny_batch_and_is_seeded():
@@ -260,15 +298,59 @@ def test_tlsi_overfits_a_tiny_batch_and_is_seeded():
     runs = []
     for epochs in (30, 3):
         seed_everything(0)
-        model = TLSI(schema, dim=8, short_len=5)
+        model = TLSI(schema, 8, short_len=5)
         res = fit(model, small, epochs=epochs, batch_size=128, lr=1e-2, progress=False)
         runs.append(res.history.train_loss.to_numpy())
     assert runs[0][-1] < 0.5 * runs[0][0]
     np.testing.assert_array_equal(runs[0][:3], runs[1])  # same seed, same numbers
 
 
-def test_add_time_tensors_keeps_int64_seconds():
-    df = pd.DataFrame({"timestamp": [1_700_000_000, 5], "hist_timestamp": [np.array([1, 2]), np.array([3, 4])]})
-    data = add_time_tensors(TensorData({"x": torch.zeros(2)}), df)
-    assert data["timestamp"].dtype == torch.int64 and data["timestamp"][0] == 1_700_000_000
-    assert data["hist_timestamp"].tolist() == [[1, 2], [3, 4]]
+def test_constructor_contract_and_missing_time_features():
+    _, _, schema, data = world_data(300)
+    seed_everything(0)
+    a = TLSI(schema, 8, (16,), short_len=3)
+    seed_everything(0)
+    b = TLSI(schema, embedding_dim=8, hidden=(16,), short_len=3)
+    batch = next(data.batches(32))
+    torch.testing.assert_close(a(batch), b(batch))
+    assert a.mlp.net[0].out_features == 16
+    with pytest.raises(ValueError, match="Timestamp\\('hist_timestamp', max_len=12\\)"):
+        TLSI(schema.drop("hist_timestamp"), 8)
+    with pytest.raises(ValueError, match="Timestamp\\('timestamp', max_len=None\\)"):
+        TLSI(schema.drop("timestamp").add(Timestamp("timestamp", 12)), 8)
+
+
+# ------------------------------------------------------------------ timestamp features
+def test_timestamp_features_become_int64_tensors_and_are_not_embedded():
+    df = pd.DataFrame({"item": [1, 2], "label": [0.0, 1.0], "t": [1_700_000_000, 5],
+                       "hist_t": [np.array([1, 2]), np.array([3, 4])]})
+    schema = Schema((Categorical("item", 3),)).add(Timestamp("t"), Timestamp("hist_t", max_len=2))
+    data = TensorData.from_frame(df, schema)
+    assert data["t"].dtype == torch.int64 and data["t"][0] == 1_700_000_000
+    assert data["hist_t"].tolist() == [[1, 2], [3, 4]]
+    assert schema.tables == {"item": 3} and [f.name for f in schema.timestamps] == ["t", "hist_t"]
+    with pytest.raises(ValueError, match="arrays of length 3"):
+        TensorData.from_frame(df, Schema((Timestamp("hist_t", 3),)))
+    with pytest.raises(ValueError, match="integer seconds"):
+        TensorData.from_frame(df.assign(t=[0.5, 1.0]), Schema((Timestamp("t"),)))
+    with pytest.raises(ValueError, match="max_len must be positive"):
+        Timestamp("t", 0)
+
+
+def test_time_gaps_are_a_behaviour_side_feature_din_pairs():
+    _, _, schema, data = world_data(300)
+    gdata, gschema = add_time_gaps(data, schema)
+    real = data["hist_item_id"] > 0
+    want = gap_bucket(data["timestamp"][:, None] - data["hist_timestamp"]) + 1
+    assert (gdata["hist_gap"][real] == want[real]).all() and (gdata["hist_gap"][~real] == 0).all()
+    assert (gdata["gap"] == 1).all() and "hist_gap" not in data.tensors   # inputs untouched
+    assert gschema["hist_gap"] == Sequence("hist_gap", 21, 12, embedding="gap")
+    model = DIN(gschema, 8)
+    assert ("gap", "hist_gap") in model.embedding.pairs
+    batch = next(gdata.batches(16))
+    out = model(batch)
+    # The gaps reach the output: other gaps, other logits.
+    moved = model({**batch, "hist_gap": torch.where(batch["hist_gap"] > 0, 21 - batch["hist_gap"], 0)})
+    assert not torch.allclose(out, moved)
+    with pytest.raises(ValueError, match="Timestamp"):
+        add_time_gaps(data, schema.drop("timestamp"))

@@ -1,13 +1,15 @@
 """Feature schema: declare the features once; every model reads the same schema and batch.
 
 A batch is a ``dict[str, torch.Tensor]``: one entry per feature (``[B]`` ids for categorical,
-``[B]`` or ``[B, k]`` floats for numeric, ``[B, L]`` ids for sequences, 0 = padding) and one per
-label. Features that name the same ``embedding`` share one table, e.g. a target ``item_id`` and
-its history ``hist_item_id``.
+``[B]`` or ``[B, k]`` floats for numeric, ``[B, L]`` ids for sequences, 0 = padding, ``[B]`` or
+``[B, L]`` int64 seconds for timestamps) and one per label. Features that name the same
+``embedding`` share one table, e.g. a target ``item_id`` and its history ``hist_item_id``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+import torch
 
 from ctrlib import checks as C
 
@@ -74,7 +76,42 @@ class Sequence:
         return self.embedding or self.name
 
 
-Feature = Categorical | Numeric | Sequence
+@dataclass(frozen=True)
+class Timestamp:
+    """Integer seconds (int64): a prediction time ``[B]``, or with ``max_len`` the times of a
+    left-padded behaviour sequence ``[B, max_len]`` (aligned with an id sequence of that length;
+    padding positions hold 0 and models mask them by the ids). Not embedded: time-aware models
+    read the raw seconds (e.g. TLSI's clock codes)."""
+
+    name: str
+    max_len: int | None = None
+
+    def __post_init__(self):
+        if self.max_len is not None and self.max_len <= 0:
+            raise ValueError(f"timestamp sequence {self.name!r}: max_len must be positive, got {self.max_len}")
+
+
+# Clock features of Timestamp values (seconds), shared by the time-aware models and ctrlib.data.clock.
+SECONDS_PER_HOUR, SECONDS_PER_DAY = 3600, 86_400
+N_GAP_BUCKETS = 20
+
+
+def hour_and_weekday(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hour of day (0..23) and day of week (0..6) of integer timestamps in seconds (any shape).
+    Floor division, so times before the epoch (negative) are handled too."""
+    hour = torch.remainder(torch.div(t, SECONDS_PER_HOUR, rounding_mode="floor"), 24)
+    dow = torch.remainder(torch.div(t, SECONDS_PER_DAY, rounding_mode="floor"), 7)
+    return hour, dow
+
+
+def gap_bucket(gap_seconds: torch.Tensor, n_buckets: int = N_GAP_BUCKETS) -> torch.Tensor:
+    """Log2 buckets of a time gap in minutes: 0 for under a minute, b for [2^b - 1, 2^(b+1) - 1)
+    minutes, clamped to ``n_buckets - 1`` (bucket 19 starts at about a year). Negative gaps -> 0."""
+    minutes = gap_seconds.clamp(min=0).double() / 60
+    return torch.floor(torch.log2(1 + minutes)).long().clamp(max=n_buckets - 1)
+
+
+Feature = Categorical | Numeric | Sequence | Timestamp
 
 
 @dataclass(frozen=True)
@@ -90,9 +127,9 @@ class Schema:
             if isinstance(getattr(self, arg), str):
                 raise TypeError(f"Schema {arg} must be a tuple, got the string {getattr(self, arg)!r}; "
                                 f"write {arg}=({getattr(self, arg)!r},)")
-        odd = [f for f in self.features if not isinstance(f, (Categorical, Numeric, Sequence))]
+        odd = [f for f in self.features if not isinstance(f, (Categorical, Numeric, Sequence, Timestamp))]
         if odd:
-            raise TypeError(f"Schema features must be Categorical, Numeric or Sequence, got {odd[:3]}")
+            raise TypeError(f"Schema features must be Categorical, Numeric, Sequence or Timestamp, got {odd[:3]}")
         if not self.labels:
             raise ValueError("a Schema needs at least one label column, e.g. labels=('label',)")
         names = [f.name for f in self.features]
@@ -122,8 +159,12 @@ class Schema:
         return [f for f in self.features if isinstance(f, Sequence)]
 
     @property
+    def timestamps(self) -> list[Timestamp]:
+        return [f for f in self.features if isinstance(f, Timestamp)]
+
+    @property
     def id_features(self) -> list[Categorical | Sequence]:
-        return [f for f in self.features if not isinstance(f, Numeric)]
+        return [f for f in self.features if isinstance(f, (Categorical, Sequence))]
 
     @property
     def tables(self) -> dict[str, int]:
@@ -146,6 +187,10 @@ class Schema:
     def select(self, *names: str) -> Schema:
         """A schema with only the named features (same labels and extras)."""
         return Schema(tuple(self[n] for n in names), self.labels, self.extras)
+
+    def add(self, *features: Feature) -> Schema:
+        """A schema with ``features`` appended (same labels and extras)."""
+        return Schema(self.features + tuple(features), self.labels, self.extras)
 
     def drop(self, *names: str) -> Schema:
         for n in names:

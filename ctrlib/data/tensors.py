@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from ctrlib import checks as C
-from ctrlib.data.schema import Categorical, Numeric, Schema, Sequence
+from ctrlib.data.schema import Categorical, Numeric, Schema, Sequence, Timestamp
 
 
 class TensorData:
@@ -52,6 +52,8 @@ class TensorData:
             elif isinstance(f, Numeric):
                 arr = _stack(col, f.name, f.dim) if f.dim > 1 else col.to_numpy()
                 tensors[f.name] = torch.from_numpy(C.finite_floats(f.name, arr))
+            elif isinstance(f, Timestamp):
+                tensors[f.name] = _timestamps(f, col)
         for name in schema.labels:
             tensors[name] = torch.from_numpy(C.labels(name, df[name].to_numpy()))
         for name in wanted[len(schema.features) + len(schema.labels):]:
@@ -82,6 +84,17 @@ class TensorData:
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self) // batch_size)
+
+
+def _timestamps(f: Timestamp, col: pd.Series) -> torch.Tensor:
+    """A timestamp column as int64 seconds: ``[N]``, or ``[N, max_len]`` from equal-length arrays."""
+    if f.max_len is None:
+        arr = col.to_numpy()
+    else:
+        arr = _stack(col, f.name, f.max_len) if len(col) else np.zeros((0, f.max_len), dtype=np.int64)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"timestamp {f.name!r} must hold integer seconds, got dtype {arr.dtype}")
+    return torch.from_numpy(arr.astype(np.int64))
 
 
 def _stack(col: pd.Series, name: str, width: int) -> np.ndarray:

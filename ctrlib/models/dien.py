@@ -102,13 +102,14 @@ def auxiliary_loss(states, keys, mask) -> torch.Tensor:
 
 
 class DIEN(nn.Module):
-    """logit = MLP([fields, h'_T, e_a * h'_T]); ``aux_weight`` = alpha (0 switches the auxiliary loss off)."""
+    """logit = MLP([fields, h'_T, e_a * h'_T]); ``aux_weight`` = alpha (0 switches the auxiliary loss off).
+    Embeddings start at N(0, ``init_std``) (DeepCTR's 1e-4 by default)."""
 
     def __init__(self, schema: Schema, embedding_dim: int = 16, hidden=(200, 80), pairs=None, aux_weight: float = 1.0,
-                 activation: str = "dice", dropout: float = 0.0):
+                 activation: str = "dice", dropout: float = 0.0, init_std: float = 1e-4):
         super().__init__()
         self.schema, self.aux_weight = schema, aux_weight
-        self.embedding = BehaviourEmbedding(schema, embedding_dim, pairs)
+        self.embedding = BehaviourEmbedding(schema, embedding_dim, pairs, init_std)
         d = self.embedding.width
         self.extractor = nn.GRU(d, d, batch_first=True)     # hidden = d so <h_t, e_{t+1}> is defined
         self.attention = nn.Linear(d, d, bias=False)       # W in a_t ∝ exp(h_t W e_a)

@@ -30,16 +30,17 @@ ATTENTIONS = ("din", "softmax", "mean", "sum")
 
 class DIN(nn.Module):
     """logit = MLP([fields, pooled history])  with the pooling chosen by ``attention``.
-    ``activation`` is the top MLP's and, unless ``attention_activation`` is given, the activation unit's."""
+    ``activation`` is the top MLP's and, unless ``attention_activation`` is given, the activation unit's.
+    Embeddings start at N(0, ``init_std``) (DeepCTR's 1e-4 by default)."""
 
     def __init__(self, schema: Schema, embedding_dim: int = 16, hidden=(200, 80), attention: str = "din", pairs=None,
                  attention_hidden=(36,), activation: str = "dice", dropout: float = 0.0, num_heads: int = 1,
-                 attention_activation: str | None = None):
+                 attention_activation: str | None = None, init_std: float = 1e-4):
         super().__init__()
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         self.schema, self.attention_kind = schema, attention
-        self.embedding = BehaviourEmbedding(schema, embedding_dim, pairs)
+        self.embedding = BehaviourEmbedding(schema, embedding_dim, pairs, init_std)
         d = self.embedding.width
         if attention == "din":
             self.attention = ActivationUnit(d, attention_hidden, attention_activation or activation)

@@ -14,7 +14,8 @@ chapter says which). Notation: B batch, L long history, S short history, d embed
   tau(t | t*) = [tau_p(t); tau_tp(t | t*)]                                             in R^2d
   We read "time-point pattern" as the time-point *distance* between the prediction and a
   behaviour (the note's reading (b)): an absolute-date embedding cannot generalise to the unseen
-  future dates a split by time puts in the test set.
+  future dates a split by time puts in the test set. Absolute-date events reach the model only
+  through the latest behaviours, which this code lets the attention single out.
 * Long-term interest (:class:`TimeAwareAttention`): content score (a DIN activation unit) plus a
   time score, one softmax over the history:
   s_j = MLP_c([e_j, e_i, e_j - e_i, e_j * e_i]) + <W_q tau(t*), W_k tau(t_j)> / sqrt(d)
@@ -29,31 +30,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ctrlib.data.schema import Schema
+from ctrlib.data.schema import Schema, Timestamp, gap_bucket, hour_and_weekday
 from ctrlib.layers import MLP, ActivationUnit, EmbeddingTable, FeatureEmbedding, masked_softmax
-
-SECONDS_PER_HOUR, SECONDS_PER_DAY = 3600, 86_400
-
-
-def hour_and_weekday(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Hour of day (0..23) and day of week (0..6) of integer timestamps in seconds (any shape).
-    Floor division, so times before the epoch (negative) are handled too."""
-    hour = torch.remainder(torch.div(t, SECONDS_PER_HOUR, rounding_mode="floor"), 24)
-    dow = torch.remainder(torch.div(t, SECONDS_PER_DAY, rounding_mode="floor"), 7)
-    return hour, dow
-
-
-def gap_bucket(gap_seconds: torch.Tensor, n_buckets: int = 20) -> torch.Tensor:
-    """Log2 buckets of a time gap in minutes: 0 for under a minute, b for [2^b - 1, 2^(b+1) - 1)
-    minutes, clamped to ``n_buckets - 1`` (bucket 19 starts at about a year). Negative gaps -> 0."""
-    minutes = gap_seconds.clamp(min=0).double() / 60
-    return torch.floor(torch.log2(1 + minutes)).long().clamp(max=n_buckets - 1)
-
 
 def fourier_table(period: int, dim: int, scale: float = 0.5) -> torch.Tensor:
     """``[period, dim]``: row p = scale * [cos(2 pi k p / period), sin(2 pi k p / period)] for
@@ -209,24 +191,33 @@ class TimeLSTM(nn.Module):
 class TLSI(nn.Module):
     """Time-aware long- and short-term interest CTR model. ``model(batch) -> logits [B]``.
 
-    The batch holds the schema's features plus two integer time tensors: ``time`` (the prediction
-    time t*, ``[B]`` seconds) and ``history_time`` (``[B, L]``, aligned with ``history``). The short
-    history is the last ``short_len`` behaviours of the long one. The flags switch off one
+    The schema declares the two times as :class:`~ctrlib.data.schema.Timestamp` features:
+    ``time`` (the prediction time t*, ``[B]`` seconds) and ``history_time`` (``[B, L]``, aligned
+    with ``history``). ``embedding_dim`` is d, ``hidden`` the top MLP's layers. The short history
+    is the last ``short_len`` behaviours of the long one. The flags switch off one
     component each (the chapter's ablations): ``long``/``short`` (keep one module), ``time_attention``
     (content-only attention), ``periodic`` / ``time_point`` (zero that part of every time code),
-    ``time_lstm`` (a plain LSTM, no decay to now), ``gate`` (u = (u_L + u_S) / 2).
+    ``time_lstm`` (a plain LSTM, no decay to now), ``gate`` (u = (u_L + u_S) / 2). Id embeddings
+    start at N(0, ``init_std``); the clock tables as in :class:`TimeEncoder`.
     """
 
-    def __init__(self, schema: Schema, dim: int = 16, short_len: int = 10, *, item: str = "item_id",
-                 category: str = "category", history: str = "hist_item_id",
+    def __init__(self, schema: Schema, embedding_dim: int = 16, hidden=(128, 64), *, short_len: int = 10,
+                 item: str = "item_id", category: str = "category", history: str = "hist_item_id",
                  history_category: str = "hist_category", time: str = "timestamp",
                  history_time: str = "hist_timestamp", long: bool = True, short: bool = True,
                  time_attention: bool = True, periodic: bool = True, time_point: bool = True,
-                 time_lstm: bool = True, gate: bool = True, attention_hidden=(32,), mlp=(128, 64),
-                 dropout: float = 0.0, init_std: float = 0.05):
+                 time_lstm: bool = True, gate: bool = True, attention_hidden=(32,), dropout: float = 0.0,
+                 init_std: float = 0.05):
         super().__init__()
         if not (long or short):
             raise ValueError("TLSI needs the long-term module, the short-term module, or both")
+        declared = {f.name: f for f in schema.features}
+        for name, max_len in ((time, None), (history_time, schema[history].max_len)):
+            spec = declared.get(name)
+            if not isinstance(spec, Timestamp) or spec.max_len != max_len:
+                raise ValueError(f"TLSI reads the times from the schema: declare Timestamp({name!r}, "
+                                 f"max_len={max_len}); got {spec}")
+        dim = embedding_dim
         self.schema = schema
         self.names = dict(item=item, category=category, history=history, history_category=history_category,
                           time=time, history_time=history_time)
@@ -239,7 +230,7 @@ class TLSI(nn.Module):
         self.decay = nn.Parameter(torch.full((dim,), -3.0)) if short and time_lstm else None  # softplus -> lambda
         self.gate = nn.Linear(3 * dim + T, dim) if (long and short and gate) else None
         n_fields = len(schema.categorical)
-        self.mlp = MLP(3 * dim + n_fields * dim, mlp, out_dim=1, dropout=dropout)
+        self.mlp = MLP(3 * dim + n_fields * dim, hidden, out_dim=1, dropout=dropout)
 
     def _item(self, batch, item: str, category: str) -> torch.Tensor:
         e = self.embedding.lookup(item, batch[item])
@@ -293,13 +284,3 @@ class TLSI(nn.Module):
         alpha = self.represent(batch)["alpha"]
         self.train(was)
         return alpha
-
-
-def add_time_tensors(data, df, columns=("timestamp", "hist_timestamp")):
-    """Put integer time columns of ``df`` (scalars or equal-length arrays per row) into ``data``'s
-    tensors as int64 (``TensorData.from_frame`` carries only schema columns); returns ``data``."""
-    for col in columns:
-        values = df[col].to_numpy()
-        arr = np.stack(values) if values.dtype == object else values
-        data.tensors[col] = torch.tensor(np.asarray(arr, dtype=np.int64))
-    return data
