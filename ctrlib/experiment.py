@@ -68,6 +68,8 @@ class Run:
     fit: FitResult = field(repr=False)
     label: str = "label"
     model: nn.Module | None = field(default=None, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)   # the test labels it was scored on
+    groups: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def stop_reason(self) -> str:
@@ -116,64 +118,54 @@ def _first_label(model: nn.Module) -> str:
     return schema.labels[0] if schema is not None else "label"
 
 
-def train_and_evaluate(build: Callable[[], nn.Module], train: TensorData, valid, test: TensorData,
+def _score(model: nn.Module, test, group: str | None, batch_size: int):
+    """``(labels, predictions, groups or None)`` of a trained model on ``test``: a TensorData scored by
+    :func:`~ctrlib.train.predict`, or a function ``model -> (labels, predictions, groups or None)``
+    for models scored another way (the generative rankers score held-out events of whole sequences)."""
+    if not isinstance(test, TensorData):
+        if not callable(test):
+            raise TypeError(f"test must be a TensorData or a function model -> (labels, predictions, groups), "
+                            f"got {type(test).__name__}")
+        y, p, g = test(model)
+        return np.asarray(y), np.asarray(p), None if g is None else np.asarray(g)
+    label = _first_label(model)
+    p = predict(model, test, batch_size)
+    p = p[label] if isinstance(p, dict) else p
+    return test[label].numpy(), p, (test[group].numpy() if group else None)
+
+
+def train_and_evaluate(build: Callable[[], nn.Module], train: TensorData, valid, test,
                        config: TrainConfig, seed: int, metrics=("auc", "logloss"), group: str | None = None,
                        keep_model: bool = False) -> Run:
     """The one "seed, build, fit, evaluate" step of every chapter.
 
     Seeds Python, numpy and torch with ``seed`` before ``build()`` (so the initial weights depend on
     it), trains with ``config`` (its ``seed`` replaced by ``seed``: shuffling and dropout too) and
-    scores ``test`` with the best epoch's weights.
+    scores ``test`` (a TensorData, or a scoring function: see :func:`_score`) with the best epoch's weights.
     """
     seed_everything(seed)
     model = build()
     result = fit(model, train, valid, config, seed=seed)
-    p = predict(model, test, config.eval_batch_size)
-    label = _first_label(model)
-    p = p[label] if isinstance(p, dict) else p
-    y = test[label].numpy()
-    groups = test[group].numpy() if group else None
+    y, p, groups = _score(model, test, group, config.eval_batch_size)
     wanted = tuple(m for m in metrics if m != "gauc" or groups is not None)
-    return Run(seed, M.compute(y, p, groups, wanted), p, result, label, model if keep_model else None)
+    return Run(seed, M.compute(y, p, groups, wanted), p, result, _first_label(model),
+               model if keep_model else None, labels=y, groups=groups)
 
 
-def run_scored_arm(name: str, build: Callable[[], nn.Module], train: TensorData, valid, score: Callable,
-                   config: TrainConfig, seeds, metrics=("auc", "logloss"), keep_models: bool = False) -> Arm:
-    """:func:`run_arm` for models whose test predictions come another way than ``predict(model, test)``
-    (the generative rankers score the held-out events of whole sequences).
-
-    ``score(model) -> (labels, predictions, groups or None)``, the same test rows in the same order
-    for every seed (and for every arm it is compared with). Each seed: seed everything, build, fit
-    with ``config`` (its ``seed`` replaced), score the best epoch's weights.
-    """
-    seeds = list(seeds)
-    if not seeds:
-        raise ValueError(f"arm {name!r}: seeds is empty; give at least one seed")
-    runs, labels, groups = [], None, None
-    for seed in seeds:
-        seed_everything(seed)
-        model = build()
-        result = fit(model, train, valid, config, seed=seed)
-        y, p, g = score(model)
-        y, p = np.asarray(y), np.asarray(p)
-        if labels is not None and not np.array_equal(labels, y):
-            raise ValueError(f"arm {name!r}: score() returned different test labels for seed {seed}")
-        labels, groups = y, (None if g is None else np.asarray(g))
-        wanted = tuple(m for m in metrics if m != "gauc" or groups is not None)
-        runs.append(Run(seed, M.compute(y, p, groups, wanted), p, result, _first_label(model),
-                        model if keep_models else None))
-    return Arm(name, runs, labels, groups)
-
-
-def run_arm(name: str, build: Callable[[], nn.Module], train: TensorData, valid, test: TensorData,
+def run_arm(name: str, build: Callable[[], nn.Module], train: TensorData, valid, test,
             config: TrainConfig, seeds, metrics=("auc", "logloss"), group: str | None = None,
             keep_models: bool = False) -> Arm:
-    """Train and score one arm once per seed (see :func:`train_and_evaluate`)."""
+    """Train and score one arm once per seed (see :func:`train_and_evaluate`). ``test`` is a TensorData
+    or a function ``model -> (labels, predictions, groups)`` that returns the same rows for every seed."""
     seeds = list(seeds)
     if not seeds:
         raise ValueError(f"arm {name!r}: seeds is empty; give at least one seed")
     runs = [train_and_evaluate(build, train, valid, test, config, s, metrics, group, keep_models) for s in seeds]
-    return Arm(name, runs, test[runs[0].label].numpy(), test[group].numpy() if group else None)
+    for r in runs[1:]:
+        if not np.array_equal(r.labels, runs[0].labels):
+            raise ValueError(f"arm {name!r}: the test labels differ between seeds {runs[0].seed} and {r.seed}; "
+                             "every seed must be scored on the same test rows")
+    return Arm(name, runs, runs[0].labels, runs[0].groups)
 
 
 def arms_table(arms, oracle: dict | None = None, metric: str = "auc", metrics=("auc", "logloss")) -> pd.DataFrame:
@@ -463,7 +455,7 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
     return f"not distinguishable from zero (Δ {d:+.4f}, {interval})"
 
 
-__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "run_scored_arm", "fixed_arm", "restrict", "arms_table",
+__all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "fixed_arm", "restrict", "arms_table",
            "compare", "compare_samples", "compare_paired_samples", "compare_spread", "verdict", "claim",
            "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE",
            "NOT_TRAINED", "difference"]

@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 from ctrlib.data import CTRWorld, TensorData, split_by_time
 from ctrlib.experiment import (INCONCLUSIVE, NOT_REPRODUCED, NOT_TRAINED, REPRODUCED, Arm, Run, _weighted_auc,
                                claim, claims_table, compare, compare_paired_samples, compare_samples, compare_spread,
-                               describe, fixed_arm, recompute_verdict, restrict, run_arm, run_scored_arm, say, verdict)
+                               describe, fixed_arm, recompute_verdict, restrict, run_arm, say, verdict)
 from ctrlib.models import DeepFM, LogisticRegression
 from ctrlib.train import TrainConfig
 
@@ -154,24 +154,24 @@ def test_run_arm_is_reproducible_and_records_why_runs_stopped(small_world):
         run_arm("LR", lambda: LogisticRegression(schema), train, valid, test, cfg, seeds=[])
 
 
-def test_run_scored_arm_equals_run_arm_when_scoring_the_same_rows(small_world):
-    """An arm scored by a function is the same arm as run_arm's when the function predicts the test set."""
+def test_an_arm_scored_by_a_function_equals_one_scored_on_the_test_data(small_world):
+    """run_arm with a scoring function gives the same arm as with the test set when it predicts that set."""
     from ctrlib.train import predict
     schema, (train, valid, test) = small_world
     cfg = TrainConfig(epochs=2, batch_size=512, patience=5, progress=False)
     build = lambda: DeepFM(schema, 4, (16,))  # noqa: E731
     plain = run_arm("DeepFM", build, train, valid, test, cfg, seeds=[0, 1])
-    scored = run_scored_arm("DeepFM", build, train, valid,
-                            lambda m: (test["label"].numpy(), predict(m, test), None), cfg, seeds=[0, 1])
+    scored = run_arm("DeepFM", build, train, valid,
+                     lambda m: (test["label"].numpy(), predict(m, test), None), cfg, seeds=[0, 1])
     assert scored.values("auc").tolist() == plain.values("auc").tolist()
     assert scored.stop_reasons() == plain.stop_reasons()
     assert compare(plain, scored, n_boot=20)["delta"] == 0.0
     shuffled = iter([test["label"].numpy(), test["label"].numpy()[::-1]])
-    with pytest.raises(ValueError, match="different test labels"):
-        run_scored_arm("DeepFM", build, train, valid, lambda m: (next(shuffled), predict(m, test), None), cfg,
-                       seeds=[0, 1])
-    with pytest.raises(ValueError, match="seeds is empty"):
-        run_scored_arm("DeepFM", build, train, valid, lambda m: None, cfg, seeds=[])
+    with pytest.raises(ValueError, match="test labels differ"):
+        run_arm("DeepFM", build, train, valid, lambda m: (next(shuffled), predict(m, test), None), cfg,
+                seeds=[0, 1])
+    with pytest.raises(TypeError, match="TensorData or a function"):
+        run_arm("DeepFM", build, train, valid, "test.csv", cfg, seeds=[0])
 
 
 def test_claims_check_reports_each_protocol_breach():

@@ -32,48 +32,46 @@ def _check_feature(f) -> None:
                         f"got {f.embedding!r}")
 
 
+class _Checked:
+    """Every feature spec is checked when it is made."""
+
+    def __post_init__(self):
+        _check_feature(self)
+
+
+class _IdFeature(_Checked):
+    """What the id features share: the embedding table they read (their own name unless shared)."""
+
+    @property
+    def table(self) -> str:
+        return self.embedding or self.name
+
+
 @dataclass(frozen=True)
-class Categorical:
+class Categorical(_IdFeature):
     """An id feature. ``vocab_size`` counts padding (0) and the out-of-vocabulary bucket."""
 
     name: str
     vocab_size: int
     embedding: str | None = None  # table name; defaults to the feature's own name
 
-    def __post_init__(self):
-        _check_feature(self)
-
-    @property
-    def table(self) -> str:
-        return self.embedding or self.name
-
 
 @dataclass(frozen=True)
-class Numeric:
+class Numeric(_Checked):
     """A real-valued feature of ``dim`` values per sample."""
 
     name: str
     dim: int = 1
 
-    def __post_init__(self):
-        _check_feature(self)
-
 
 @dataclass(frozen=True)
-class Sequence:
+class Sequence(_IdFeature):
     """A left-padded id sequence of length ``max_len`` (0 = padding)."""
 
     name: str
     vocab_size: int
     max_len: int
     embedding: str | None = None
-
-    def __post_init__(self):
-        _check_feature(self)
-
-    @property
-    def table(self) -> str:
-        return self.embedding or self.name
 
 
 @dataclass(frozen=True)
@@ -146,25 +144,15 @@ class Schema:
                     f"features sharing embedding table {f.table!r} disagree on vocab_size "
                     f"({sizes[f.table]} vs {f.vocab_size} for {f.name!r})")
 
-    @property
-    def categorical(self) -> list[Categorical]:
-        return [f for f in self.features if isinstance(f, Categorical)]
+    def of_kind(self, *kinds: type) -> list:
+        """The features of the given spec classes, in declaration order."""
+        return [f for f in self.features if isinstance(f, kinds)]
 
-    @property
-    def numeric(self) -> list[Numeric]:
-        return [f for f in self.features if isinstance(f, Numeric)]
-
-    @property
-    def sequences(self) -> list[Sequence]:
-        return [f for f in self.features if isinstance(f, Sequence)]
-
-    @property
-    def timestamps(self) -> list[Timestamp]:
-        return [f for f in self.features if isinstance(f, Timestamp)]
-
-    @property
-    def id_features(self) -> list[Categorical | Sequence]:
-        return [f for f in self.features if isinstance(f, (Categorical, Sequence))]
+    categorical = property(lambda self: self.of_kind(Categorical), doc="The Categorical features.")
+    numeric = property(lambda self: self.of_kind(Numeric), doc="The Numeric features.")
+    sequences = property(lambda self: self.of_kind(Sequence), doc="The id Sequence features.")
+    timestamps = property(lambda self: self.of_kind(Timestamp), doc="The Timestamp features.")
+    id_features = property(lambda self: self.of_kind(Categorical, Sequence), doc="Features read from a table.")
 
     @property
     def tables(self) -> dict[str, int]:
