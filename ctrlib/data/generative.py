@@ -24,6 +24,7 @@ import torch
 from ctrlib import metrics as M
 from ctrlib.data.schema import Categorical, Schema, Sequence
 from ctrlib.data.tensors import TensorData
+from ctrlib.layers import eval_mode
 
 SPLITS = {"train": 1, "valid": 2, "test": 3}
 TRAIN_EVENT = "train_event"  # the loss-mask column of sequence_data
@@ -149,12 +150,10 @@ def serve_events(model, impressions: dict[str, torch.Tensor], batch_size: int = 
     ``hist_*`` columns, true actions) is encoded once and its candidate scored after it with
     :meth:`~ctrlib.models.GenerativeRanker.score_candidates`, which never sees the candidate's action."""
     keys = ("item_id", "category", "action", "timestamp")
-    was = model.training
-    model.eval()
     out = []
-    for s in range(0, len(impressions["item_id"]), batch_size):
-        hist = {k: impressions[f"hist_{k}"][s:s + batch_size] for k in keys}
-        cand = {k: impressions[k][s:s + batch_size, None] for k in ("item_id", "category", "timestamp")}
-        out.append(torch.sigmoid(model.score_candidates(hist, cand))[:, 0].numpy())
-    model.train(was)
+    with eval_mode(model):
+        for s in range(0, len(impressions["item_id"]), batch_size):
+            hist = {k: impressions[f"hist_{k}"][s:s + batch_size] for k in keys}
+            cand = {k: impressions[k][s:s + batch_size, None] for k in ("item_id", "category", "timestamp")}
+            out.append(torch.sigmoid(model.score_candidates(hist, cand))[:, 0].numpy())
     return np.concatenate(out)

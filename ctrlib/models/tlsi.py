@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ctrlib.data.schema import Schema, Timestamp, gap_bucket, hour_and_weekday
-from ctrlib.layers import MLP, ActivationUnit, EmbeddingTable, FeatureEmbedding, masked_softmax
+from ctrlib.layers import MLP, ActivationUnit, EmbeddingTable, FeatureEmbedding, eval_mode, masked_softmax
 
 def fourier_table(period: int, dim: int, scale: float = 0.5) -> torch.Tensor:
     """``[period, dim]``: row p = scale * [cos(2 pi k p / period), sin(2 pi k p / period)] for
@@ -279,8 +279,5 @@ class TLSI(nn.Module):
         """alpha ``[B, L]`` of the long-term attention (eval mode)."""
         if not self.long:
             raise ValueError("this TLSI has no long-term module")
-        was = self.training
-        self.eval()
-        alpha = self.represent(batch)["alpha"]
-        self.train(was)
-        return alpha
+        with eval_mode(self):
+            return self.represent(batch)["alpha"]
