@@ -22,8 +22,6 @@ Prints one JSON line; ``--out`` also writes it to a file.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -31,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench_trainer import machine
+from bench_trainer import emit, machine
 from ctrlib import TrainConfig, fit, seed_everything
 from ctrlib.data import CTRWorld, TensorData
 from ctrlib.layers import FeatureEmbedding
@@ -147,12 +145,7 @@ def main():
     check_s = check_alone(data, schema, args)
     out.update({"check_us_per_batch": round(check_s * 1e6, 1),
                 "check_share_of_step": round(check_s / statistics.median(on), 5), **machine()})
-    line = json.dumps(out)
-    print(line)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

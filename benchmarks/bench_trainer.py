@@ -76,6 +76,16 @@ def run_steps(batches: list[dict[str, torch.Tensor]], schema, args) -> float:
     return time.perf_counter() - start
 
 
+def emit(result: dict, path: str | None) -> None:
+    """Print the result as one JSON line and, if ``path`` is given, write that line to it."""
+    line = json.dumps(result)
+    print(line)
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(line + "\n")
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -125,12 +135,7 @@ def main():
         "fit_seconds": [round(s, 3) for s in fit_s], "fit_train_seconds": [round(s, 3) for s in fit_train_s],
         "step_seconds": [round(s, 3) for s in step_s], **machine(),
     }
-    line = json.dumps(out)
-    print(line)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(line + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":
