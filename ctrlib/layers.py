@@ -394,7 +394,9 @@ class TargetAttention(nn.Module):
     The scaled dot-product attention of the Transformer with one query (the candidate), masked
     at padding; the block behind BST-style models, the time-aware chapters and TARQ's teacher.
     ``forward(query [B, Dq], keys [B, L, Dk], mask [B, L], values=None)`` returns
-    ``(out [B, dim], weights [B, H, L])``.
+    ``(out [B, dim], weights [B, H, L])``; with Q queries per sample, ``query [B, Q, Dq]``, it
+    returns ``(out [B, Q, dim], weights [B, H, Q, L])`` (TARQ: every codeword queries the history
+    once per request; ``query [1, Q, Dq]`` shares the queries across the batch).
     """
 
     def __init__(self, query_dim: int, key_dim: int, dim: int | None = None, num_heads: int = 1,
@@ -410,6 +412,8 @@ class TargetAttention(nn.Module):
         self.o = nn.Linear(dim, dim) if out_proj else nn.Identity()
 
     def forward(self, query, keys, mask, values=None):
+        if query.dim() == 3:
+            return self._many(query, keys, mask, values)
         B, L, _ = keys.shape
         H, dh = self.num_heads, self.dim // self.num_heads
         q = self.q(query).view(B, H, dh)                                # [B, H, dh]
@@ -418,6 +422,19 @@ class TargetAttention(nn.Module):
         scores = torch.einsum("bhd,blhd->bhl", q, k) / dh ** 0.5        # [B, H, L]
         w = masked_softmax(scores, mask.unsqueeze(1))                   # [B, H, L]
         out = torch.einsum("bhl,blhd->bhd", w, v).reshape(B, self.dim)  # [B, dim]
+        return self.o(out), w
+
+    def _many(self, query, keys, mask, values=None):
+        """Q queries per sample: ``query [B, Q, Dq]`` (or ``[1, Q, Dq]``: the same queries for every
+        sample, projected once) -> ``(out [B, Q, dim], weights [B, H, Q, L])``."""
+        B, L, _ = keys.shape
+        Q, H, dh = query.shape[1], self.num_heads, self.dim // self.num_heads
+        q = self.q(query).view(-1, Q, H, dh).transpose(1, 2)                  # [B or 1, H, Q, dh]
+        k = self.k(keys).view(B, L, H, dh).transpose(1, 2)                    # [B, H, L, dh]
+        v = self.v(keys if values is None else values).view(B, L, H, dh).transpose(1, 2)
+        scores = q @ k.transpose(2, 3) / dh ** 0.5                            # [B, H, Q, L]
+        w = masked_softmax(scores, mask[:, None, None, :])                    # [B, H, Q, L]
+        out = (w @ v).transpose(1, 2).reshape(B, Q, self.dim)                 # [B, Q, dim]
         return self.o(out), w
 
 

@@ -4,6 +4,7 @@
   repeat runs each function once, in a rotating order), so that all of them see the same machine
   load; the samples go to :func:`ctrlib.experiment.compare_samples` for an interval of a ratio.
 * :func:`peak_memory_mib`: the peak of live tensor memory while a function runs (PyTorch profiler).
+* :func:`request_latency`: pre-rankers' per-request latency vs the number of candidates (TARQ chapter).
 * :func:`apg_ladder` and :func:`measure_layers`: the APG chapter's efficiency ladder, one layer
   ``[B, N] -> [B, M]`` per rung, from a regular ``nn.Linear`` to APG as used
   (``benchmarks/bench_apg.py`` runs a larger grid).
@@ -186,3 +187,49 @@ def measure_layers(widths=(64, 256), batch_sizes=(256, 1024), condition_dim: int
 
 
 __all__ = ["peak_memory_mib", "median_ms", "interleaved_ms", "apg_ladder", "measure_layers", "LADDER"]
+
+
+# -- pre-ranking: latency per request vs the number of candidates -------------------------------
+
+def request_latency(serve: dict, n_items: int, candidates=(10, 100, 1_000, 10_000), repeats: int = 7,
+                    seed: int = 0):
+    """Per-request latency (ms) of pre-rankers vs the number of candidates M.
+
+    ``serve[name](rows)`` does *all* of one request's work for the item-index rows ``rows``
+    ``[1, M]`` (user side and candidates) and returns the scores. For each M the models are timed
+    interleaved (:func:`interleaved_ms`, one warm-up call each), on the same random rows (drawn
+    with replacement from ``n_items``). Returns a long frame: ``model``, ``candidates``,
+    ``repeat``, ``ms``."""
+    import pandas as pd
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    with torch.no_grad():
+        for m in candidates:
+            idx = torch.randint(0, n_items, (1, m), generator=g)
+            samples = interleaved_ms({name: (lambda f=f, idx=idx: f(idx)) for name, f in serve.items()}, repeats)
+            rows += [{"model": name, "candidates": m, "repeat": r, "ms": t}
+                     for name, ts in samples.items() for r, t in enumerate(ts)]
+    return pd.DataFrame(rows)
+
+
+def preranking_servers(request: dict, items: dict, models: dict) -> dict:
+    """``name -> serve(rows)`` for :func:`request_latency`. ``request``: a batch of one row (the
+    user's fields and history); ``items``: a batch of one row per indexed item. A
+    :class:`~ctrlib.models.TwoTower` runs its user tower per request and takes dot products with
+    item vectors computed here, offline; a :class:`~ctrlib.models.TARQ` runs
+    :meth:`~ctrlib.models.TARQ.request_state` per request and scores by code lookups (or, teacher
+    only, by one attention per candidate) against :meth:`~ctrlib.models.TARQ.index_items`."""
+    from ctrlib.models import TARQ
+
+    out = {}
+    with torch.no_grad():
+        for name, m in models.items():
+            m.eval()
+            if isinstance(m, TARQ):
+                index = m.index_items(items)
+                out[name] = lambda rows, m=m, index=index: m.score(m.request_state(request), index, rows)
+            else:
+                v = m.towers(items)[1]                                        # [N, D] offline
+                out[name] = lambda rows, m=m, v=v: (v[rows] * m.towers(request)[0][:, None]).sum(-1) + m.bias
+    return out

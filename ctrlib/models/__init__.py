@@ -34,10 +34,11 @@ from ctrlib.models.dlrm import DLRM
 from ctrlib.models.fm import FM
 from ctrlib.models.hstu import HSTUBlock
 from ctrlib.models.lr import LogisticRegression
+from ctrlib.models.tarq import TARQ
 from ctrlib.models.tlsi import TLSI
 from ctrlib.models.two_tower import TwoTower
 
 MODELS = ("LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "ConditionInMLP", "TwoTower", "DIN", "DIEN",
-          "GenerativeRanker", "TLSI")
+          "GenerativeRanker", "TLSI", "TARQ")
 LAYERS = ("APGLinear", "APGMLP", "HSTUBlock")
 __all__ = [*MODELS, *LAYERS]
