@@ -65,12 +65,15 @@ def median_ms(fn, repeats: int = 5, warmup: int = 1) -> float:
     return statistics.median(interleaved_ms({"fn": fn}, repeats, warmup=warmup)["fn"])
 
 
-def interleaved_ms(fns: dict, repeats: int = 5, number: int = 1, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved_ms(fns: dict, repeats: int = 5, number: int = 1, warmup: int = 1,
+                   clock=time.perf_counter) -> dict[str, list[float]]:
     """``repeats`` wall-time samples (ms) of each function in ``fns`` (name -> callable).
 
     One sample is the mean time of ``number`` consecutive calls. Every repeat takes one sample of
     each function, in an order rotated by one each repeat, so that slow phases of a shared machine
-    hit every function alike. ``warmup`` untimed calls of each function come first.
+    hit every function alike. ``warmup`` untimed calls of each function come first. ``clock``:
+    ``time.thread_time`` measures the calling thread's CPU time instead of wall time (single-threaded
+    work on a shared machine: the time the work took, not the time other processes held the core).
     """
     if repeats < 1 or number < 1:
         raise ValueError(f"repeats and number must be >= 1, got {repeats} and {number}")
@@ -81,10 +84,10 @@ def interleaved_ms(fns: dict, repeats: int = 5, number: int = 1, warmup: int = 1
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(number):
                 fns[name]()
-            samples[name].append((time.perf_counter() - start) * 1e3 / number)
+            samples[name].append((clock() - start) * 1e3 / number)
     return samples
 
 
@@ -192,22 +195,26 @@ __all__ = ["peak_memory_mib", "median_ms", "interleaved_ms", "apg_ladder", "meas
 # -- pre-ranking: latency per request vs the number of candidates -------------------------------
 
 def request_latency(serve: dict, n_items: int, candidates=(10, 100, 1_000, 10_000), repeats: int = 7,
-                    seed: int = 0):
+                    seed: int = 0, clock=None):
     """Per-request latency (ms) of pre-rankers vs the number of candidates M.
 
     ``serve[name](rows)`` does *all* of one request's work for the item-index rows ``rows``
     ``[1, M]`` (user side and candidates) and returns the scores. For each M the models are timed
     interleaved (:func:`interleaved_ms`, one warm-up call each), on the same random rows (drawn
-    with replacement from ``n_items``). Returns a long frame: ``model``, ``candidates``,
-    ``repeat``, ``ms``."""
+    with replacement from ``n_items``). ``clock``: by default the thread's CPU time when torch runs
+    one thread (then it is the work's latency, whatever else the machine runs), else wall time.
+    Returns a long frame: ``model``, ``candidates``, ``repeat``, ``ms``."""
     import pandas as pd
 
+    if clock is None:
+        clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
     g = torch.Generator().manual_seed(seed)
     rows = []
     with torch.no_grad():
         for m in candidates:
             idx = torch.randint(0, n_items, (1, m), generator=g)
-            samples = interleaved_ms({name: (lambda f=f, idx=idx: f(idx)) for name, f in serve.items()}, repeats)
+            samples = interleaved_ms({name: (lambda f=f, idx=idx: f(idx)) for name, f in serve.items()}, repeats,
+                                     clock=clock)
             rows += [{"model": name, "candidates": m, "repeat": r, "ms": t}
                      for name, ts in samples.items() for r, t in enumerate(ts)]
     return pd.DataFrame(rows)
@@ -231,5 +238,6 @@ def preranking_servers(request: dict, items: dict, models: dict) -> dict:
                 out[name] = lambda rows, m=m, index=index: m.score(m.request_state(request), index, rows)
             else:
                 v = m.towers(items)[1]                                        # [N, D] offline
-                out[name] = lambda rows, m=m, v=v: (v[rows] * m.towers(request)[0][:, None]).sum(-1) + m.bias
+                out[name] = lambda rows, m=m, v=v: (v.index_select(0, rows.reshape(-1)).view(*rows.shape, -1)
+                                                    @ m.towers(request)[0][:, :, None]).squeeze(-1) + m.bias
     return out

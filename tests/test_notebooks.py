@@ -187,6 +187,41 @@ def _bands_06_time_matters(res):
 BANDS["06_time_matters"] = _bands_06_time_matters
 
 
+def _bands_09_tarq(res):
+    """TARQ: the three headline arms and the ablations ran on the same seeds, nothing beats the
+    oracle (AUC beyond sampling noise, logloss), the world is a pre-ranking world (requests of
+    several candidates, >= 1,000 items, histories >= 30), the lookup path gives the batched
+    scores, the grid and the latency cover what the chapter shows, the utilisation values are
+    shares, and the claims compare the arms they name. The verdicts are checked in full mode."""
+    m, oracle = res["models"], res["oracle"]
+    assert set(m) == {"TT", "TARQ", "TA", "TARQ − align", "TARQ − distil"}, sorted(m)
+    for name, r in m.items():
+        assert r["logloss"] > oracle["logloss"], f"{name}: logloss {r['logloss']:.4f} beats the oracle's"
+        assert r["auc"] < oracle["auc"] + AUC_TOL, f"{name}: AUC {r['auc']:.4f} beats the oracle's"
+    w = res["world"]
+    assert w["candidates"] > 1 and w["n_items"] >= 1_000 and w["history_len"] >= 30, w
+    assert res["lookup_max_abs_diff"] < 1e-4, res["lookup_max_abs_diff"]
+    assert len(res["grid"]) >= 2 and {g["L"] for g in res["grid"]} >= {1, 2}, res["grid"]
+    for g in res["grid"]:
+        assert 0 < g["utilisation"] <= 1 and g["relative_mse"] >= 0 and -1 <= g["cosine"] <= 1, g
+    for values in res["utilisation"].values():
+        assert values and all(0 < v <= 1 for v in values), res["utilisation"]
+    latency = {row["candidates"]: row for row in res["latency_ms"]}
+    assert len(latency) >= 3 and all(row[k] > 0 for row in latency.values() for k in ("TT", "TARQ", "TA"))
+    assert set(res["movielens"]) == {"TT", "TARQ", "TA"}, res["movielens"]
+    for name, r in res["movielens"].items():
+        assert 0.55 < r["auc"] < 0.95, f"MovieLens {name}: {r}"
+    arms = {(c["metric"], tuple(c["arms"])) for c in res["claims"]}
+    for pair in (("auc", ("TT", "TARQ")), ("auc", ("TA", "TARQ")), ("auc", ("TT", "TA")),
+                 ("auc (MovieLens)", ("TT", "TARQ")), ("auc (MovieLens)", ("TA", "TARQ")),
+                 ("utilisation", ("TARQ − align", "TARQ")), ("auc", ("TARQ − distil", "TARQ"))):
+        assert pair in arms, f"no claim compares {pair}: {sorted(arms)}"
+    assert res["explorers"]["codebook usage"]["changes"], "the explorer's output does not move"
+
+
+BANDS["09_tarq"] = _bands_09_tarq
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
 def test_claims_follow_the_protocol(book_results, nb):
     """Every chapter records its claims; each verdict is the one the rule gives from its evidence

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -96,13 +95,19 @@ class ResidualQuantizer(nn.Module):
         return Quantized(torch.stack(codes, 1), v - r, torch.stack(logits, 1), loss)
 
 
-def code_usage(codes, num_codes: int) -> pd.DataFrame:
+USAGE_COLUMNS = ("level", "utilisation", "entropy", "top_code", "top_share")
+
+
+def code_usage(codes, num_codes: int) -> dict[str, list]:
     """Per level (the released code's ``metrics_op``): codebook ``utilisation`` (distinct codes used /
     K), ``entropy`` of the code frequencies (nats; log K at most), the ``top_code`` and its share.
-    ``codes``: ``[N, L]`` code ids."""
-    df = pd.DataFrame(_usage(torch.as_tensor(codes), num_codes).numpy(),
-                      columns=["level", "utilisation", "entropy", "top_code", "top_share"])
-    return df.astype({"level": int, "top_code": int})
+    ``codes``: ``[N, L]`` code ids. Returns columns (``pd.DataFrame(code_usage(...))`` for a table)."""
+    return _columns(_usage(torch.as_tensor(codes), num_codes), USAGE_COLUMNS)
+
+
+def _columns(rows: torch.Tensor, names) -> dict[str, list]:
+    ints = {"step", "level", "top_code"}
+    return {n: [int(x) if n in ints else float(x) for x in rows[:, j].tolist()] for j, n in enumerate(names)}
 
 
 def _usage(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
@@ -150,20 +155,27 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
 @dataclass
 class ItemIndex:
-    """The offline item side: TT item vectors ``[N, D]``, attention queries ``[N, Dc]``, codes ``[N, L]``."""
+    """The offline item side: TT item vectors ``[N, D]``, attention queries ``[N, Dc]``, codes ``[N, L]``
+    and (K^L <= MAX_COMBOS) each item's code combination ``sum_l z_l K^(L-1-l)`` ``[N]``."""
     vectors: torch.Tensor
     queries: torch.Tensor
     codes: torch.Tensor | None
+    combos: torch.Tensor | None = None
 
 
 @dataclass
 class RequestState:
     """The per-request user side: user vectors ``[R, D]``, history keys ``[R, n, W]`` and mask, and
-    (student) the projected attended codewords ``P X_l[k]`` ``[R, L, K, D]``."""
+    (student) the projected attended codewords ``P X_l[k]`` ``[R, L, K, D]`` and, for K^L <=
+    MAX_COMBOS, ``u + sum_l P X_l[c_l]`` for every code combination c, ``[R, K^L, D]``."""
     users: torch.Tensor
     keys: torch.Tensor
     mask: torch.Tensor
     table: torch.Tensor | None
+    by_combo: torch.Tensor | None = None
+
+
+MAX_COMBOS = 4_096  # up to K^L code combinations, a request precomputes one user vector per combination
 
 
 # -- the model -------------------------------------------------------------------------------
@@ -251,13 +263,11 @@ class TARQ(nn.Module):
     def _log(self, codes: torch.Tensor) -> None:
         self.usage.append(_usage(codes.detach(), self.quantizer.codes))
 
-    def usage_history(self) -> pd.DataFrame:
-        """Per training step and level: utilisation, entropy, top code of the batch's codes."""
-        if not self.usage:
-            return pd.DataFrame(columns=["step", "level", "utilisation", "entropy", "top_code", "top_share"])
-        rows = torch.cat([torch.cat([torch.full((len(u), 1), float(s)), u], 1) for s, u in enumerate(self.usage)])
-        df = pd.DataFrame(rows.numpy(), columns=["step", "level", "utilisation", "entropy", "top_code", "top_share"])
-        return df.astype({"step": int, "level": int, "top_code": int})
+    def usage_history(self) -> dict[str, list]:
+        """Per training step and level: utilisation, entropy, top code of the batch's codes (columns
+        ``step`` and those of :func:`code_usage`)."""
+        rows = [torch.cat([torch.full((len(u), 1), float(s), dtype=u.dtype), u], 1) for s, u in enumerate(self.usage)]
+        return _columns(torch.cat(rows) if rows else torch.zeros(0, 6), ("step", *USAGE_COLUMNS))
 
     @torch.no_grad()
     def teacher_and_student(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,7 +292,12 @@ class TARQ(nn.Module):
         with eval_mode(self):
             _, v = self.backbone.towers(batch)
             q = self._query(batch)
-            return ItemIndex(v, q, None if self.teacher_only else self.quantizer(q).codes)
+            if self.teacher_only:
+                return ItemIndex(v, q, None)
+            codes = self.quantizer(q).codes                                       # [N, L]
+            L, K = codes.shape[1], self.quantizer.codes
+            combos = (codes * K ** torch.arange(L - 1, -1, -1)).sum(1) if K ** L <= MAX_COMBOS else None
+            return ItemIndex(v, q, codes, combos)
 
     @torch.no_grad()
     def request_state(self, batch) -> RequestState:
@@ -291,25 +306,41 @@ class TARQ(nn.Module):
         with eval_mode(self):
             u, _ = self.backbone.towers(batch)
             keys, mask = self._history(batch)
-            table = None if self.teacher_only else self.project(self.attended_codewords(keys, mask))
-            return RequestState(u, keys, mask, table)
+            if self.teacher_only:
+                return RequestState(u, keys, mask, None)
+            table = self.project(self.attended_codewords(keys, mask))               # [R, L, K, D]
+            L, K = table.shape[1:3]
+            by_combo = None
+            if K ** L <= MAX_COMBOS:  # u + sum_l table[l, c_l] for every combination c
+                c = torch.arange(K ** L)
+                digits = [(c // K ** (L - 1 - lv)) % K for lv in range(L)]            # L x [K^L]
+                by_combo = u[:, None] + sum(table[:, lv, d] for lv, d in enumerate(digits))  # [R, K^L, D]
+            return RequestState(u, keys, mask, table, by_combo)
 
     @torch.no_grad()
     def score(self, state: RequestState, index: ItemIndex, rows: torch.Tensor) -> torch.Tensor:
-        """Logits ``[R, M]`` of the indexed items ``rows`` ``[R, M]`` for each request. Student: L lookups
-        in the request's table, a sum and a dot product per candidate; teacher: one attention each."""
+        """Logits ``[R, M]`` of the indexed items ``rows`` ``[R, M]`` for each request. Student: one
+        lookup of the candidate's code combination in the request's ``by_combo`` table (or L lookups
+        in ``table`` and a sum) and a dot product per candidate; teacher: one attention each."""
         with eval_mode(self):
-            v = index.vectors[rows]                                               # [R, M, D]
+            R, M = rows.shape
+            flat = rows.reshape(-1)
+            v = index.vectors.index_select(0, flat).view(R, M, -1)                 # [R, M, D]
+            offset = torch.arange(R)[:, None]
             if self.teacher_only:
-                h = self.project(self.teacher(index.queries[rows], state.keys, state.mask)[0])  # [R, M, D]
+                q = index.queries.index_select(0, flat).view(R, M, -1)             # [R, M, Dc]
+                user = state.users[:, None] + self.project(self.teacher(q, state.keys, state.mask)[0])
+            elif state.by_combo is not None and index.combos is not None:
+                C = state.by_combo.shape[1]
+                at = index.combos.index_select(0, flat).view(R, M) + offset * C    # row in by_combo
+                user = state.by_combo.reshape(R * C, -1).index_select(0, at.reshape(-1)).view(R, M, -1)
             else:
-                R, M = rows.shape
                 L, K, D = state.table.shape[1:]
-                codes = index.codes[rows]                                         # [R, M, L]
-                flat = state.table.reshape(R, L * K, D)                           # [R, L*K, D]
-                at = (codes + torch.arange(L) * K).reshape(R, M * L)              # row in the table
-                h = flat.gather(1, at[..., None].expand(-1, -1, D)).view(R, M, L, D).sum(2)  # [R, M, D]
-            return ((state.users[:, None] + h) * v).sum(-1) + self.backbone.bias
+                codes = index.codes.index_select(0, flat).view(R, M, L)
+                at = codes + torch.arange(L) * K + offset[..., None] * (L * K)     # row in the table
+                h = state.table.reshape(-1, D).index_select(0, at.reshape(-1)).view(R, M, L, D).sum(2)
+                user = state.users[:, None] + h                                    # [R, M, D]
+            return torch.einsum("rmd,rmd->rm", user, v) + self.backbone.bias
 
 
 def approximation_error(h_bar: torch.Tensor, h_hat: torch.Tensor) -> dict[str, float]:
