@@ -198,9 +198,11 @@ def test_lookup_scoring_equals_the_batched_student():
     rid = df.request_id.to_numpy()
     full = [r for r in np.unique(rid) if (rid == r).sum() == _world().config.candidates]
     rows = torch.from_numpy(np.stack([np.flatnonzero(rid == r) for r in full]))   # [R, M]
+    with pytest.raises(RuntimeError, match="eval"):
+        model.request_state({k: v[rows[:, 0]] for k, v in data.tensors.items()})
+    model.eval()
     state = model.request_state({k: v[rows[:, 0]] for k, v in data.tensors.items()})
     index = model.index_items(data.tensors)
-    model.eval()
     with torch.no_grad():
         batched = model(data.tensors)[rows]
     assert state.by_combo is not None and index.combos is not None   # K^L = 36 combinations
@@ -221,9 +223,9 @@ def test_teacher_serving_equals_the_teacher_only_model():
     rid = df.request_id.to_numpy()
     full = [r for r in np.unique(rid) if (rid == r).sum() == _world().config.candidates]
     rows = torch.from_numpy(np.stack([np.flatnonzero(rid == r) for r in full]))
+    model.eval()
     state = model.request_state({k: v[rows[:, 0]] for k, v in data.tensors.items()})
     assert state.table is None
-    model.eval()
     with torch.no_grad():
         batched = model(data.tensors)[rows]
     torch.testing.assert_close(model.score(state, model.index_items(data.tensors), rows), batched,

@@ -208,6 +208,10 @@ class TARQ(nn.Module):
         if not teacher_only:
             self.quantizer = ResidualQuantizer(code_dim, levels, codes)
             self.student = TargetAttention(code_dim, width, attention_dim, num_heads)
+            if codes ** levels <= MAX_COMBOS:  # digit l of every code combination c = sum_l z_l K^(L-1-l)
+                c = torch.arange(codes ** levels)
+                digits = torch.stack([(c // codes ** (levels - 1 - lv)) % codes for lv in range(levels)])
+                self.register_buffer("combo_digits", digits, persistent=False)          # [L, K^L]
         self.usage: list[torch.Tensor] = []  # per training step: [L, 5] code usage (see usage_history)
 
     # -- pieces ------------------------------------------------------------------------------
@@ -299,48 +303,50 @@ class TARQ(nn.Module):
             combos = (codes * K ** torch.arange(L - 1, -1, -1)).sum(1) if K ** L <= MAX_COMBOS else None
             return ItemIndex(v, q, codes, combos)
 
+    def _serving(self) -> None:
+        if self.training:
+            raise RuntimeError("TARQ serves in eval mode (dropout off): call model.eval() first")
+
     @torch.no_grad()
     def request_state(self, batch) -> RequestState:
         """Once per request, one row per request (only the user fields and the history are read by
-        what is kept): the user vector, the history, and (student) the table ``P X [R, L, K, D]``."""
-        with eval_mode(self):
-            u, _ = self.backbone.towers(batch)
-            keys, mask = self._history(batch)
-            if self.teacher_only:
-                return RequestState(u, keys, mask, None)
-            table = self.project(self.attended_codewords(keys, mask))               # [R, L, K, D]
-            L, K = table.shape[1:3]
-            by_combo = None
-            if K ** L <= MAX_COMBOS:  # u + sum_l table[l, c_l] for every combination c
-                c = torch.arange(K ** L)
-                digits = [(c // K ** (L - 1 - lv)) % K for lv in range(L)]            # L x [K^L]
-                by_combo = u[:, None] + sum(table[:, lv, d] for lv, d in enumerate(digits))  # [R, K^L, D]
-            return RequestState(u, keys, mask, table, by_combo)
+        what is kept): the user vector, the history, and (student) the table ``P X [R, L, K, D]``.
+        Eval mode only, like :meth:`score` (the hot path does not switch modes)."""
+        self._serving()
+        u, _ = self.backbone.towers(batch)
+        keys, mask = self._history(batch)
+        if self.teacher_only:
+            return RequestState(u, keys, mask, None)
+        table = self.project(self.attended_codewords(keys, mask))                   # [R, L, K, D]
+        by_combo = None
+        if hasattr(self, "combo_digits"):  # u + sum_l table[l, c_l] for every combination c
+            by_combo = u[:, None] + sum(table[:, lv, d] for lv, d in enumerate(self.combo_digits))  # [R, K^L, D]
+        return RequestState(u, keys, mask, table, by_combo)
 
     @torch.no_grad()
     def score(self, state: RequestState, index: ItemIndex, rows: torch.Tensor) -> torch.Tensor:
         """Logits ``[R, M]`` of the indexed items ``rows`` ``[R, M]`` for each request. Student: one
         lookup of the candidate's code combination in the request's ``by_combo`` table (or L lookups
         in ``table`` and a sum) and a dot product per candidate; teacher: one attention each."""
-        with eval_mode(self):
-            R, M = rows.shape
-            flat = rows.reshape(-1)
-            v = index.vectors.index_select(0, flat).view(R, M, -1)                 # [R, M, D]
-            offset = torch.arange(R)[:, None]
-            if self.teacher_only:
-                q = index.queries.index_select(0, flat).view(R, M, -1)             # [R, M, Dc]
-                user = state.users[:, None] + self.project(self.teacher(q, state.keys, state.mask)[0])
-            elif state.by_combo is not None and index.combos is not None:
-                C = state.by_combo.shape[1]
-                at = index.combos.index_select(0, flat).view(R, M) + offset * C    # row in by_combo
-                user = state.by_combo.reshape(R * C, -1).index_select(0, at.reshape(-1)).view(R, M, -1)
-            else:
-                L, K, D = state.table.shape[1:]
-                codes = index.codes.index_select(0, flat).view(R, M, L)
-                at = codes + torch.arange(L) * K + offset[..., None] * (L * K)     # row in the table
-                h = state.table.reshape(-1, D).index_select(0, at.reshape(-1)).view(R, M, L, D).sum(2)
-                user = state.users[:, None] + h                                    # [R, M, D]
-            return torch.einsum("rmd,rmd->rm", user, v) + self.backbone.bias
+        self._serving()
+        R, M = rows.shape
+        flat = rows.reshape(-1)
+        v = index.vectors.index_select(0, flat).view(R, M, -1)                 # [R, M, D]
+        offset = torch.arange(R)[:, None]
+        if self.teacher_only:
+            q = index.queries.index_select(0, flat).view(R, M, -1)             # [R, M, Dc]
+            user = state.users[:, None] + self.project(self.teacher(q, state.keys, state.mask)[0])
+        elif state.by_combo is not None and index.combos is not None:
+            C = state.by_combo.shape[1]
+            at = index.combos.index_select(0, flat).view(R, M) + offset * C    # row in by_combo
+            user = state.by_combo.reshape(R * C, -1).index_select(0, at.reshape(-1)).view(R, M, -1)
+        else:
+            L, K, D = state.table.shape[1:]
+            codes = index.codes.index_select(0, flat).view(R, M, L)
+            at = codes + torch.arange(L) * K + offset[..., None] * (L * K)     # row in the table
+            h = state.table.reshape(-1, D).index_select(0, at.reshape(-1)).view(R, M, L, D).sum(2)
+            user = state.users[:, None] + h                                    # [R, M, D]
+        return torch.einsum("rmd,rmd->rm", user, v) + self.backbone.bias
 
 
 def approximation_error(h_bar: torch.Tensor, h_hat: torch.Tensor) -> dict[str, float]:
