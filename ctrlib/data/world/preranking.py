@@ -113,8 +113,7 @@ class PreRankingWorld:
     def schema(self, fields=FIELDS) -> Schema:
         """The features: ``fields``, then ``hist_item_id``, ``hist_category``, ``hist_brand``; the
         ``request_id`` and ``user_id`` ride along as extras."""
-        s = self.world.schema(fields, extras=("user_id", "request_id"))
-        return s
+        return self.world.schema(fields, extras=("user_id", "request_id"))
 
     def sample(self, n_requests: int, seed: int = 0) -> pd.DataFrame:
         """``n_requests`` requests of ``candidates`` impressions each, sorted by time; columns as
