@@ -20,6 +20,7 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,12 +62,17 @@ class TrainConfig:
     progress: bool | None = None    # None: a bar only in an interactive session
     autocast: str | None = None     # "bf16": bfloat16 autocast of the forward pass on CPU; fp32 weights and loss
     loss_mask: str | None = None    # a bool column: only its True positions count in the loss (sequence models)
+    eval_every: float | None = None  # validate every this fraction of an epoch (0.25: 4 rows per epoch); None: per epoch
+    freeze: tuple[str, ...] = ()    # parameters left as they are: "embeddings", "dense" (all others) or name prefixes
+    embedding_lr: float | None = None  # the lr of the embedding tables (None: lr), e.g. lower for transferred tables
+    optimizer: str = "adam"         # "adam" (lazy Adam on sparse table rows) or "sgd" (plain SGD, rows too)
+    on_eval: Callable | None = field(default=None, repr=False)  # (model, epoch) -> dict added to each history row
 
 
 @dataclass
 class FitResult:
-    history: pd.DataFrame           # one row per epoch
-    best_epoch: int
+    history: pd.DataFrame           # one row per epoch (per evaluation with eval_every: a fractional epoch)
+    best_epoch: int | float          # fractional with eval_every
     best_score: float
     train_seconds: float            # time in the training loop, validation excluded
     config: TrainConfig = field(repr=False, default=None)
@@ -81,9 +87,11 @@ def _label_names(model: nn.Module) -> tuple[str, ...]:
 def _as_logits(output, labels: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Normalise a model's output to ({label: logits}, aux_loss or None)."""
     if isinstance(output, torch.Tensor):
+        if not labels:
+            raise TypeError("a self-supervised model (self_supervised = True) returns {'aux_loss': loss}, not logits")
         return {labels[0]: output}, None
     logits = {k: v for k, v in output.items() if k in labels}
-    if not logits:
+    if not logits and labels:
         raise KeyError(f"the model returned keys {list(output)}, none of which is a label {list(labels)}")
     return logits, output.get("aux_loss")
 
@@ -108,7 +116,7 @@ def _show_progress(setting: bool | None) -> bool:
     return "ipykernel" in sys.modules or sys.stderr.isatty()
 
 
-def _check_config(cfg: TrainConfig) -> None:
+def _check_config(cfg: TrainConfig, any_monitor: bool = False) -> None:
     C.integer("epochs", cfg.epochs, 1)
     C.integer("batch_size", cfg.batch_size, 1)
     C.integer("eval_batch_size", cfg.eval_batch_size, 1)
@@ -120,16 +128,29 @@ def _check_config(cfg: TrainConfig) -> None:
         C.real("lr_decay", cfg.lr_decay, 0, 1, low_open=True, hint="the lr is multiplied by it; None: no decay")
     if cfg.grad_clip is not None:
         C.real("grad_clip", cfg.grad_clip, 0, low_open=True, hint="None: no clipping")
-    C.choice("monitor", cfg.monitor, ("auc", "gauc", "logloss"))
+    if not any_monitor:  # a validation function may return other metrics (e.g. recall@k): monitor any of them
+        C.choice("monitor", cfg.monitor, ("auc", "gauc", "logloss"))
     C.choice("autocast", cfg.autocast, (None, "bf16"))
     C.choice("embedding_update", cfg.embedding_update, ("sparse", "dense"))
     C.choice("embedding_l2_rows", cfg.embedding_l2_rows, ("batch", "all"))
+    C.choice("optimizer", cfg.optimizer, ("adam", "sgd"))
+    if cfg.eval_every is not None:
+        C.real("eval_every", cfg.eval_every, 0, 1, low_open=True,
+               hint="a fraction of an epoch, e.g. 0.25 validates 4 times per epoch; None: once per epoch")
+    if cfg.embedding_lr is not None:
+        C.real("embedding_lr", cfg.embedding_lr, 0, low_open=True, hint="None: the tables use lr")
+    if isinstance(cfg.freeze, str):
+        raise TypeError(f"freeze takes a tuple of names, got the string {cfg.freeze!r}; write ({cfg.freeze!r},)")
+    if cfg.on_eval is not None and not callable(cfg.on_eval):
+        raise TypeError(f"on_eval must be a function (model, epoch) -> dict or None, got {type(cfg.on_eval).__name__}")
 
 
 def _check_data(role: str, data, columns, mask: str | None = None) -> None:
     """``data`` is a non-empty TensorData holding ``columns``; the first (the label) is in [0, 1]
     wherever the loss reads it (the ``mask`` column's True positions)."""
     _check_data_rows(f"fit ({role} data)", data)
+    if not columns:  # a self-supervised model reads no label
+        return
     missing = [k for k in (*columns, *([mask] if mask else [])) if k not in data.tensors]
     if missing:
         raise KeyError(f"the {role} data lacks columns {missing} (labels / loss_mask / group); "
@@ -196,37 +217,93 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     batch). On that or on Ctrl-C the best epoch's weights are restored before the error propagates.
     Training draws from torch's global RNG seeded with ``seed`` inside a fork: the caller's RNG
     state is the same after ``fit`` as before.
+
+    Stages and partial training (the one-epoch chapter): ``eval_every=0.25`` validates four times
+    per epoch (history rows at epochs 0.25, 0.5, ...; ``train_loss`` is the mean over the steps
+    since the previous row; early stopping keeps the best of these checkpoints and ``patience``
+    still counts epochs, i.e. ``patience / eval_every`` validations); ``freeze=("embeddings",)`` or
+    ``("dense",)`` (or parameter-name prefixes) leaves those parameters bit-identical;
+    ``embedding_lr`` gives the tables their own lr; ``on_eval(model, epoch)`` runs after each
+    validation (e.g. to score a test set along the curve) and a dict it returns joins the history
+    row. A model with ``self_supervised = True`` returns ``{"aux_loss": loss}`` (its own objective,
+    no label; see :class:`ctrlib.models.ContrastiveID`) and is validated by a function.
     """
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
-    _check_config(cfg)
+    _check_config(cfg, any_monitor=callable(valid))
     if cfg.autocast == "bf16" and not _native_bf16():
         warnings.warn("this CPU has no native bfloat16 matrix units (AVX-512 BF16 / AMX): autocast='bf16' "
                       "will be emulated and is likely slower than float32; leave autocast=None", stacklevel=2)
-    labels = _label_names(model)
+    labels = () if getattr(model, "self_supervised", False) else _label_names(model)
     _check_data("train", train, labels, cfg.loss_mask)
     if valid is not None and not callable(valid):
+        if not labels:
+            raise TypeError("a self-supervised model is validated by a function model -> {metric: value}, "
+                            "not by labelled data")
         _check_valid(valid, labels[0], cfg)
+    frozen = _frozen_parameters(model, cfg.freeze)
     best = _BestWeights(model)
     with torch.random.fork_rng(devices=[]):  # seeded inside, the caller's global RNG is left as it was
+        trainable = {id(p): p.requires_grad for p in model.parameters()}
         try:
-            return _train(model, train, valid, cfg, labels, best)
+            for p in frozen:
+                p.requires_grad_(False)
+            return _train(model, train, valid, cfg, labels, best, frozen)
         except (KeyboardInterrupt, FloatingPointError) as stop:
             if best.restore():
                 warnings.warn(f"fit stopped ({type(stop).__name__}); the model holds the weights of epoch "
                               f"{best.epoch}, the best so far", stacklevel=2)
             raise
+        finally:
+            for p in model.parameters():
+                p.requires_grad_(trainable[id(p)])
+
+
+def _frozen_parameters(model: nn.Module, freeze) -> list[nn.Parameter]:
+    """The parameters ``freeze`` names: ``"embeddings"`` (every embedding table), ``"dense"`` (every
+    other parameter) or a parameter-name prefix (``"mlp."``); each name must match something."""
+    tables = {id(t) for t in _embedding_tables(model)}
+    out: dict[int, nn.Parameter] = {}
+    for name in freeze:
+        if name == "embeddings":
+            hit = [p for p in model.parameters() if id(p) in tables]
+        elif name == "dense":
+            hit = [p for p in model.parameters() if id(p) not in tables]
+        else:
+            hit = [p for n, p in model.named_parameters() if n == name or n.startswith(name)]
+        if not hit:
+            names = [n for n, _ in model.named_parameters()]
+            raise ValueError(f"freeze={tuple(freeze)!r}: {name!r} matches no parameter of {type(model).__name__} "
+                             f"(use 'embeddings', 'dense' or a prefix of {C.examples(names)})")
+        out.update({id(p): p for p in hit})
+    if freeze and len(out) == len(list(model.parameters())):
+        raise ValueError(f"freeze={tuple(freeze)!r} freezes every parameter: nothing would train")
+    return list(out.values())
+
+
+def _checkpoints(n_batches: int, eval_every: float | None) -> list[int]:
+    """The steps of an epoch after which fit validates: the last one, and every ``eval_every`` epoch."""
+    if eval_every is None:
+        return [n_batches]
+    fractions = [j * eval_every for j in range(1, math.ceil(1 / eval_every - 1e-9))] + [1.0]
+    return sorted({max(1, min(n_batches, round(n_batches * f))) for f in fractions})
 
 
 def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels: tuple[str, ...],
-           best: _BestWeights) -> FitResult:
+           best: _BestWeights, frozen=()) -> FitResult:
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny embeddings decayed by L2 turn subnormal and slow the CPU
-    tables = _embedding_tables(model)
-    table_ids = {id(t) for t in tables}
-    others = [p for p in model.parameters() if id(p) not in table_ids]
-    groups = [{"params": tables, "weight_decay": 0.0}, {"params": others, "weight_decay": cfg.weight_decay}]
+    frozen_ids = {id(p) for p in frozen}
+    tables = [t for t in _embedding_tables(model) if id(t) not in frozen_ids]
+    table_ids = {id(t) for t in _embedding_tables(model)}
+    others = [p for p in model.parameters() if id(p) not in table_ids and id(p) not in frozen_ids]
+    groups = [{"params": tables, "weight_decay": 0.0, "lr": cfg.embedding_lr or cfg.lr},
+              {"params": others, "weight_decay": cfg.weight_decay}]
+    groups = [g for g in groups if g["params"]]  # a frozen part is not given to the optimiser at all
     sparse = cfg.embedding_update == "sparse"
-    optimizer = LazyAdam(groups, lr=cfg.lr) if sparse else torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":  # plain SGD: a sparse row gradient moves only its rows
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr)
+    else:
+        optimizer = LazyAdam(groups, lr=cfg.lr) if sparse else torch.optim.Adam(groups, lr=cfg.lr)
     batch_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "batch" else 0.0
     full_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "all" else 0.0
     # the tables' lookups give sparse row gradients where the update or the batch-rows L2 needs them; with
@@ -234,70 +311,86 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
     row_tables = tables if (sparse or batch_l2) and not full_l2 else []
     sign = -1.0 if cfg.monitor == "logloss" else 1.0
     best_score, best_epoch, bad_epochs = -np.inf, 0, 0
+    patience = cfg.patience if cfg.eval_every is None else math.ceil(cfg.patience / cfg.eval_every - 1e-9)
     rows, train_seconds = [], 0.0
     stop_reason = "epoch cap" if valid is not None else "no validation"
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
 
     from tqdm.auto import tqdm
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not _show_progress(cfg.progress), leave=False)
+    n_batches = train.num_batches(cfg.batch_size)
+    checkpoints = _checkpoints(n_batches, cfg.eval_every)
+    stop = False
     for epoch in bar:
         model.train()
-        start, total, n = time.perf_counter(), 0.0, 0
-        for step, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch), 1):
-            with autocast, sparse_row_gradients(row_tables):
-                logits, aux = _as_logits(model(batch), labels)
-            if cfg.loss_mask:  # e.g. [B, N] logits of which only the training events count
-                m = batch[cfg.loss_mask]
-                logits = {k: z[m] for k, z in logits.items()}
-                batch = {**batch, **{k: batch[k][m] for k in logits}}
-            loss = sum(F.binary_cross_entropy_with_logits(z.float(), batch[k]) for k, z in logits.items())
-            if aux is not None:
-                loss = loss + aux
-            if full_l2:
-                loss = loss + full_l2 / 2 * sum(t.pow(2).sum() for t in tables)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"the training loss is {value} at epoch {epoch}, batch {step} of "
-                    f"{train.num_batches(cfg.batch_size)}: training diverged. Lower lr (now {cfg.lr:g}), set "
-                    f"grad_clip, or look for huge values among the numeric features")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            penalty = prepare_table_grads(row_tables, batch_l2, dense=not sparse)  # + the batch-rows L2's gradient
-            if cfg.grad_clip:
-                clip_grad_norm(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            total += (value + penalty) * len(batch[labels[0]])
-            n += len(batch[labels[0]])
-        seconds = time.perf_counter() - start
-        train_seconds += seconds
-        row = {"epoch": epoch, "train_loss": total / max(n, 1), "lr": optimizer.param_groups[0]["lr"],
-               "seconds": seconds}
-        if valid is not None:
-            wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
-            scores = valid(model) if callable(valid) else evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size)
-            if cfg.monitor not in scores:
-                raise KeyError(f"validation returned {list(scores)}, not the monitored {cfg.monitor!r}")
-            row.update({f"valid_{k}": v for k, v in scores.items()})
-            score = sign * scores[cfg.monitor]
-            if math.isnan(score):
-                raise ValueError(f"the validation {cfg.monitor} is NaN at epoch {epoch}: the validation set "
-                                 f"cannot rank (one class only?); early stopping needs clicks and non-clicks")
-            if score > best_score:
-                best_score, best_epoch, bad_epochs = score, epoch, 0
-                best.keep(epoch)
-            else:
-                bad_epochs += 1
-                if cfg.lr_decay:
-                    for g in optimizer.param_groups:
-                        g["lr"] *= cfg.lr_decay
-            bar.set_postfix({cfg.monitor: f"{scores[cfg.monitor]:.4f}"})
-        rows.append(row)
-        if valid is not None and bad_epochs >= cfg.patience:
-            stop_reason = "early stopping"
+        steps = enumerate(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch), 1)
+        for checkpoint in checkpoints:  # [n_batches] unless eval_every splits the epoch
+            start, total, n = time.perf_counter(), 0.0, 0
+            for step, batch in steps:
+                with autocast, sparse_row_gradients(row_tables):
+                    logits, aux = _as_logits(model(batch), labels)
+                if cfg.loss_mask:  # e.g. [B, N] logits of which only the training events count
+                    m = batch[cfg.loss_mask]
+                    logits = {k: z[m] for k, z in logits.items()}
+                    batch = {**batch, **{k: batch[k][m] for k in logits}}
+                loss = sum(F.binary_cross_entropy_with_logits(z.float(), batch[k]) for k, z in logits.items())
+                if aux is not None:
+                    loss = loss + aux
+                if full_l2:
+                    loss = loss + full_l2 / 2 * sum(t.pow(2).sum() for t in tables)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"the training loss is {value} at epoch {epoch}, batch {step} of "
+                        f"{n_batches}: training diverged. Lower lr (now {cfg.lr:g}), set "
+                        f"grad_clip, or look for huge values among the numeric features")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                penalty = prepare_table_grads(row_tables, batch_l2, dense=not sparse)  # + the batch-rows L2's gradient
+                if cfg.grad_clip:
+                    clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+                optimizer.step()
+                rows_in_batch = len(batch[labels[0]]) if labels else len(next(iter(batch.values())))
+                total += (value + penalty) * rows_in_batch
+                n += rows_in_batch
+                if step == checkpoint:
+                    break
+            seconds = time.perf_counter() - start
+            train_seconds += seconds
+            at = epoch if checkpoint == n_batches else epoch - 1 + checkpoint / n_batches  # a fractional epoch
+            row = {"epoch": at, "train_loss": total / max(n, 1), "lr": optimizer.param_groups[-1]["lr"],
+                   "seconds": seconds}
+            if valid is not None:
+                wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
+                scores = valid(model) if callable(valid) else evaluate(model, valid, wanted, cfg.group,
+                                                                       cfg.eval_batch_size)
+                if cfg.monitor not in scores:
+                    raise KeyError(f"validation returned {list(scores)}, not the monitored {cfg.monitor!r}")
+                row.update({f"valid_{k}": v for k, v in scores.items()})
+                score = sign * scores[cfg.monitor]
+                if math.isnan(score):
+                    raise ValueError(f"the validation {cfg.monitor} is NaN at epoch {at:g}: the validation set "
+                                     f"cannot rank (one class only?); early stopping needs clicks and non-clicks")
+                if score > best_score:
+                    best_score, best_epoch, bad_epochs = score, at, 0
+                    best.keep(at)
+                else:
+                    bad_epochs += 1
+                    if cfg.lr_decay:
+                        for g in optimizer.param_groups:
+                            g["lr"] *= cfg.lr_decay
+                bar.set_postfix({cfg.monitor: f"{scores[cfg.monitor]:.4f}"})
+            if cfg.on_eval is not None:
+                row.update(cfg.on_eval(model, at) or {})
+                model.train()
+            rows.append(row)
+            if valid is not None and bad_epochs >= patience:
+                stop_reason, stop = "early stopping", True
+                break
+        if stop:
             break
     if not best.restore():
-        best_epoch = len(rows)
+        best_epoch = rows[-1]["epoch"]
     return FitResult(pd.DataFrame(rows), best_epoch, sign * best_score if valid is not None else float("nan"),
                      train_seconds, cfg, stop_reason)
 
