@@ -62,8 +62,8 @@ class TrainConfig:
     progress: bool | None = None    # None: a bar only in an interactive session
     autocast: str | None = None     # "bf16": bfloat16 autocast of the forward pass on CPU; fp32 weights and loss
     loss_mask: str | None = None    # a bool column: only its True positions count in the loss (sequence models)
-    eval_every: float | None = None  # validate every this fraction of an epoch (0.25: 4 rows per epoch); None: per epoch
-    freeze: tuple[str, ...] = ()    # parameters left as they are: "embeddings", "dense" (all others) or name prefixes
+    eval_every: float | None = None  # validate every this fraction of an epoch (0.25: 4 per epoch); None: per epoch
+    freeze: tuple[str, ...] = ()    # left as they are: "embeddings", "dense" (all else), "table:<name>", name prefixes
     embedding_lr: float | None = None  # the lr of the embedding tables (None: lr), e.g. lower for transferred tables
     optimizer: str = "adam"         # "adam" (lazy Adam on sparse table rows) or "sgd" (plain SGD, rows too)
     on_eval: Callable | None = field(default=None, repr=False)  # (model, epoch) -> dict added to each history row
@@ -240,14 +240,15 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
             raise TypeError("a self-supervised model is validated by a function model -> {metric: value}, "
                             "not by labelled data")
         _check_valid(valid, labels[0], cfg)
-    frozen = _frozen_parameters(model, cfg.freeze)
+    frozen = _frozen_parameters(model, [f for f in cfg.freeze if not f.startswith("table:")])
+    frozen_rows = _frozen_rows(model, [f[len("table:"):] for f in cfg.freeze if f.startswith("table:")])
     best = _BestWeights(model)
     with torch.random.fork_rng(devices=[]):  # seeded inside, the caller's global RNG is left as it was
         trainable = {id(p): p.requires_grad for p in model.parameters()}
         try:
             for p in frozen:
                 p.requires_grad_(False)
-            return _train(model, train, valid, cfg, labels, best, frozen)
+            return _train(model, train, valid, cfg, labels, best, frozen, frozen_rows)
         except (KeyboardInterrupt, FloatingPointError) as stop:
             if best.restore():
                 warnings.warn(f"fit stopped ({type(stop).__name__}); the model holds the weights of epoch "
@@ -280,6 +281,39 @@ def _frozen_parameters(model: nn.Module, freeze) -> list[nn.Parameter]:
     return list(out.values())
 
 
+def _frozen_rows(model: nn.Module, tables) -> list[tuple[torch.Tensor, int, int]]:
+    """``(weight, first row, end row)`` of each named table of the model's FeatureEmbeddings: rows
+    that keep their values while the rest of the same parameter trains (``freeze=("table:item_id",)``)."""
+    out = []
+    for name in tables:
+        hits = [m for m in model.modules() if isinstance(m, FeatureEmbedding) and name in m.table_offsets]
+        if not hits:
+            found = sorted({t for m in model.modules() if isinstance(m, FeatureEmbedding) for t in m.table_offsets})
+            raise ValueError(f"freeze: 'table:{name}' names no embedding table of {type(model).__name__} "
+                             f"(its tables: {found})")
+        for m in hits:
+            start = m.table_offsets[name]
+            out.append((m.weight, start, start + m.schema.tables[name]))
+    return out
+
+
+def _drop_frozen_rows(frozen_rows) -> None:
+    """Remove the frozen rows from their tables' gradients (after ``prepare_table_grads``): a sparse
+    gradient loses those rows (lazy Adam and SGD then never touch them), a dense one gets zeros there
+    (a fresh Adam's moments stay zero on them, so its step is exactly zero)."""
+    for weight, start, stop in frozen_rows:
+        g = weight.grad
+        if g is None:
+            continue
+        if g.is_sparse:
+            rows = g._indices()[0]
+            keep = (rows < start) | (rows >= stop)
+            weight.grad = torch.sparse_coo_tensor(rows[keep].unsqueeze(0), g._values()[keep], g.shape,
+                                                  is_coalesced=True, check_invariants=False)
+        else:
+            g[start:stop] = 0
+
+
 def _checkpoints(n_batches: int, eval_every: float | None) -> list[int]:
     """The steps of an epoch after which fit validates: the last one, and every ``eval_every`` epoch."""
     if eval_every is None:
@@ -289,7 +323,7 @@ def _checkpoints(n_batches: int, eval_every: float | None) -> list[int]:
 
 
 def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels: tuple[str, ...],
-           best: _BestWeights, frozen=()) -> FitResult:
+           best: _BestWeights, frozen=(), frozen_rows=()) -> FitResult:
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny embeddings decayed by L2 turn subnormal and slow the CPU
     frozen_ids = {id(p) for p in frozen}
@@ -347,6 +381,7 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 penalty = prepare_table_grads(row_tables, batch_l2, dense=not sparse)  # + the batch-rows L2's gradient
+                _drop_frozen_rows(frozen_rows)
                 if cfg.grad_clip:
                     clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
                 optimizer.step()
@@ -433,3 +468,34 @@ def evaluate(model: nn.Module, data: TensorData, metrics=("auc", "logloss"), gro
     p = p[labels[0]] if isinstance(p, dict) else p
     groups = data[group].numpy() if "gauc" in metrics else None
     return M.compute(data[labels[0]].numpy(), p, groups, metrics)
+
+
+@torch.no_grad()
+def transfer_embeddings(source: nn.Module, target: nn.Module, tables=None) -> list[str]:
+    """Copy embedding tables from ``source`` into ``target`` by table name, row for row (row = id), so
+    an id keeps its vector: both models must be built from the same vocabulary of each table (checked:
+    the same number of rows and the same width). ``tables``: the names to copy (default: every table
+    the two models share). Returns the names copied. Stage 2 of two-stage training."""
+    def feature_tables(model):
+        found = {}
+        for m in model.modules():
+            if isinstance(m, FeatureEmbedding):
+                for name in m.table_offsets:
+                    found.setdefault(name, m)
+        return found
+
+    src, dst = feature_tables(source), feature_tables(target)
+    names = [t for t in src if t in dst] if tables is None else list(tables)
+    if not names:
+        raise ValueError(f"transfer_embeddings: no table in common (source {list(src)}, target {list(dst)})")
+    for name in names:
+        if name not in src or name not in dst:
+            raise KeyError(f"transfer_embeddings: table {name!r} is missing from the "
+                           f"{'source' if name not in src else 'target'} (source {list(src)}, target {list(dst)})")
+        a, b = src[name].table_weight(name), dst[name].table_weight(name)
+        if a.shape != b.shape:
+            raise ValueError(f"transfer_embeddings: table {name!r} is {tuple(a.shape)} in the source and "
+                             f"{tuple(b.shape)} in the target; build both from the same vocabulary and width, "
+                             f"or the rows (ids) would not line up")
+        b.copy_(a)
+    return names

@@ -25,6 +25,7 @@ Layers, not models (they take widths, not a schema): :class:`APGLinear` and :cla
 live in their model's file because only that model family uses them.
 """
 from ctrlib.models.apg import APG, APGLinear, APGMLP, ConditionInMLP
+from ctrlib.models.contrastive_id import ContrastiveID
 from ctrlib.models.dcn import DCN
 from ctrlib.models.deepfm import DeepFM
 from ctrlib.models.dfgr import GenerativeRanker
@@ -40,4 +41,5 @@ from ctrlib.models.two_tower import TwoTower
 MODELS = ("LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "ConditionInMLP", "TwoTower", "DIN", "DIEN",
           "GenerativeRanker", "TLSI")
 LAYERS = ("APGLinear", "APGMLP", "HSTUBlock")
-__all__ = [*MODELS, *LAYERS]
+PRETRAINING = ("ContrastiveID",)  # self-supervised stage-1 models: no label, trained on id pairs
+__all__ = [*MODELS, *LAYERS, *PRETRAINING]

@@ -20,7 +20,9 @@ Oracle (exact): a row is a positive or a negative with prior 1/2 each, so by Bay
 
 given the user's true taste, the ceiling no model can pass (``true_p``). ``min_count`` maps item
 ids seen fewer than ``min_count`` times in the training rows (targets and histories) to one
-out-of-vocabulary id: the paper's "filter" knob for id sparsity. Everything is seeded.
+out-of-vocabulary id: the paper's "filter" knob for id sparsity. ``n_pretrain_users`` more users
+(same tastes model, their own generator, so the labelled rows do not change) have a history and no
+labelled rows: the wider engagement logs of the two-stage paper's pre-training. Everything is seeded.
 """
 from __future__ import annotations
 
@@ -47,11 +49,13 @@ class LongTailConfig:
     taste_alpha: float = 0.05       # Dirichlet concentration of a user's taste over categories
     taste_categories: int | None = None  # k: a taste uniform over k categories (replaces the Dirichlet)
     history_len: int = 10
+    n_pretrain_users: int = 0       # more users with a history only (no labelled rows): pre-training data
     seed: int = 0
 
     def __post_init__(self):
         for name in ("n_train_users", "n_valid_users", "n_test_users", "n_items", "n_categories", "history_len"):
             C.integer(name, getattr(self, name), 1)
+        C.integer("n_pretrain_users", self.n_pretrain_users, 0)
         C.real("zipf", self.zipf, 0)
         C.real("taste_alpha", self.taste_alpha, 0, low_open=True)
         if self.taste_categories is not None:
@@ -82,6 +86,7 @@ class LongTailWorld:
                      for ids in self._by_category]
         users = np.arange(n_users)
         self._rows = self._draw(users, rng)
+        self._pretrain_history = self._pretrain_histories(cfg)
         bounds = np.cumsum([cfg.n_train_users, cfg.n_valid_users])
         self._user_split = np.digitize(users, bounds)                                # 0 train, 1 valid, 2 test
         self.min_count = 1
@@ -112,6 +117,23 @@ class LongTailWorld:
                 raise ValueError(f"category {c} has no items; use fewer categories than items")
             items[at] = ids[np.minimum(np.searchsorted(cdf_c, r[at]), len(ids) - 1)]
         return items
+
+    def _pretrain_histories(self, cfg: LongTailConfig) -> np.ndarray:
+        """``[n_pretrain_users, L]`` item histories of the unlabelled users (own generator and tastes)."""
+        if not cfg.n_pretrain_users:
+            return np.zeros((0, cfg.history_len), dtype=np.int64)
+        rng = np.random.default_rng([cfg.seed, 1618])
+        labelled = len(self.taste)
+        K, P = cfg.n_categories, cfg.n_pretrain_users
+        if cfg.taste_categories is None:
+            extra = rng.dirichlet(np.full(K, cfg.taste_alpha), P)
+        else:
+            extra = np.zeros((P, K))
+            picks = np.argsort(rng.random((P, K)), axis=1)[:, :cfg.taste_categories]
+            np.put_along_axis(extra, picks, 1.0 / cfg.taste_categories, axis=1)
+        self.taste = np.concatenate([self.taste, extra])
+        users = np.arange(labelled, labelled + P)
+        return self._engaged_items(np.repeat(users, cfg.history_len), rng).reshape(P, cfg.history_len)
 
     def _draw(self, users: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
         L, U = self.config.history_len, len(users)
@@ -170,16 +192,20 @@ class LongTailWorld:
         return TensorData({k: torch.as_tensor(v, dtype=torch.float32 if k in ("label", "true_p") else torch.long)
                            for k, v in s.items()})
 
-    def cooccurrence_pairs(self, splits=SPLITS, seed: int = 0) -> TensorData:
+    def cooccurrence_pairs(self, splits=(*SPLITS, "pretrain"), seed: int = 0) -> TensorData:
         """Item pairs engaged by the same user (two different positions of one history), for
         contrastive pre-training: ``item_id`` and ``context_item_id``, one pair per user and history
         position. Labels are not used, only histories (serving-time features, so the test users'
-        histories may be included: a transductive setup, as the paper's "broader data coverage")."""
+        histories may be included: a transductive setup); ``"pretrain"`` adds the unlabelled users'
+        histories (the paper's "broader data coverage")."""
         rng = np.random.default_rng([self.config.seed, 1617, seed])
         hist = []
         for name in splits:
-            h = self.split(name)["hist_item_id"][::2]                                 # one history per user
-            hist.append(h)
+            if name == "pretrain":
+                hist.append(self._item_map[self._pretrain_history])
+            else:
+                hist.append(self.split(name)["hist_item_id"][::2])                    # one history per user
+
         h = np.concatenate(hist)                                                      # [U, L]
         L = h.shape[1]
         other = (np.arange(L)[None, :] + rng.integers(1, L, h.shape)) % L            # another position
