@@ -66,6 +66,7 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()    # left as they are: "embeddings", "dense" (all else), "table:<name>", name prefixes
     embedding_lr: float | None = None  # the lr of the embedding tables (None: lr), e.g. lower for transferred tables
     optimizer: str = "adam"         # "adam" (lazy Adam on sparse table rows) or "sgd" (plain SGD, rows too)
+    table_lr: dict | None = None    # {table: lr} for rows of named tables (lazy Adam), e.g. {"item_id": 1e-4}
     on_eval: Callable | None = field(default=None, repr=False)  # (model, epoch) -> dict added to each history row
 
 
@@ -139,6 +140,15 @@ def _check_config(cfg: TrainConfig, any_monitor: bool = False) -> None:
                hint="a fraction of an epoch, e.g. 0.25 validates 4 times per epoch; None: once per epoch")
     if cfg.embedding_lr is not None:
         C.real("embedding_lr", cfg.embedding_lr, 0, low_open=True, hint="None: the tables use lr")
+    if cfg.table_lr is not None:
+        if cfg.embedding_update != "sparse" or cfg.optimizer != "adam":
+            raise ValueError("table_lr sets the lr of single rows, which only lazy Adam's row-wise steps do: "
+                             "use embedding_update='sparse' and optimizer='adam' (or embedding_lr for every table)")
+        if cfg.embedding_l2 and cfg.embedding_l2_rows == "all":
+            raise ValueError("table_lr needs row-wise steps, but embedding_l2_rows='all' gives every row a gradient; "
+                             "use embedding_l2_rows='batch'")
+        for name, value in dict(cfg.table_lr).items():
+            C.real(f"table_lr[{name!r}]", value, 0, low_open=True)
     if isinstance(cfg.freeze, str):
         raise TypeError(f"freeze takes a tuple of names, got the string {cfg.freeze!r}; write ({cfg.freeze!r},)")
     if cfg.on_eval is not None and not callable(cfg.on_eval):
@@ -242,13 +252,14 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
         _check_valid(valid, labels[0], cfg)
     frozen = _frozen_parameters(model, [f for f in cfg.freeze if not f.startswith("table:")])
     frozen_rows = _frozen_rows(model, [f[len("table:"):] for f in cfg.freeze if f.startswith("table:")])
+    lr_rows = [(rows, lr) for name, lr in (cfg.table_lr or {}).items() for rows in _frozen_rows(model, [name])]
     best = _BestWeights(model)
     with torch.random.fork_rng(devices=[]):  # seeded inside, the caller's global RNG is left as it was
         trainable = {id(p): p.requires_grad for p in model.parameters()}
         try:
             for p in frozen:
                 p.requires_grad_(False)
-            return _train(model, train, valid, cfg, labels, best, frozen, frozen_rows)
+            return _train(model, train, valid, cfg, labels, best, frozen, frozen_rows, lr_rows)
         except (KeyboardInterrupt, FloatingPointError) as stop:
             if best.restore():
                 warnings.warn(f"fit stopped ({type(stop).__name__}); the model holds the weights of epoch "
@@ -289,7 +300,7 @@ def _frozen_rows(model: nn.Module, tables) -> list[tuple[torch.Tensor, int, int]
         hits = [m for m in model.modules() if isinstance(m, FeatureEmbedding) and name in m.table_offsets]
         if not hits:
             found = sorted({t for m in model.modules() if isinstance(m, FeatureEmbedding) for t in m.table_offsets})
-            raise ValueError(f"freeze: 'table:{name}' names no embedding table of {type(model).__name__} "
+            raise ValueError(f"'table:{name}' (freeze or table_lr) names no embedding table of {type(model).__name__} "
                              f"(its tables: {found})")
         for m in hits:
             start = m.table_offsets[name]
@@ -323,7 +334,7 @@ def _checkpoints(n_batches: int, eval_every: float | None) -> list[int]:
 
 
 def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels: tuple[str, ...],
-           best: _BestWeights, frozen=(), frozen_rows=()) -> FitResult:
+           best: _BestWeights, frozen=(), frozen_rows=(), lr_rows=()) -> FitResult:
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny embeddings decayed by L2 turn subnormal and slow the CPU
     frozen_ids = {id(p) for p in frozen}
@@ -338,6 +349,8 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
         optimizer = torch.optim.SGD(groups, lr=cfg.lr)
     else:
         optimizer = LazyAdam(groups, lr=cfg.lr) if sparse else torch.optim.Adam(groups, lr=cfg.lr)
+    for (weight, start, stop), lr in lr_rows:  # rows of one table at their own lr (relative to their group's)
+        optimizer.scale_row_lr(weight, start, stop, lr / (cfg.embedding_lr or cfg.lr))
     batch_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "batch" else 0.0
     full_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "all" else 0.0
     # the tables' lookups give sparse row gradients where the update or the batch-rows L2 needs them; with

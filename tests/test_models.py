@@ -224,3 +224,22 @@ def test_embedding_lr_and_sgd(world_data):
     fresh = LogisticRegression(schema)  # the same start: one step of SGD on the mean BCE
     grad = (torch.sigmoid(fresh(one.tensors)) - one["label"]).mean()           # d loss / d bias
     assert model.linear.bias.item() == pytest.approx((bias - 0.5 * grad).item(), abs=1e-6)
+
+
+def test_table_lr_gives_one_table_its_own_lr(world_data):
+    """One table inside the shared embedding parameter steps at its own lr (lazy Adam rows)."""
+    schema, (train, _, _) = world_data
+    moved = {}
+    for name, table_lr in {"none": None, "same": {"item_id": 1e-3}, "slow": {"item_id": 1e-6}}.items():
+        seed_everything(0)
+        model = DeepFM(schema, 8, (32,))
+        start = model.embedding.weight.detach().clone()
+        fit(model, train, None, epochs=1, batch_size=256, table_lr=table_lr)
+        emb = model.embedding
+        lo, hi = emb.table_offsets["item_id"], emb.table_offsets["item_id"] + schema.tables["item_id"]
+        change = (emb.weight.detach() - start).abs()
+        moved[name] = (change[lo:hi].max().item(), change[:lo].max().item())
+    assert moved["none"] == moved["same"]
+    assert moved["slow"][0] < moved["none"][0] / 100 and moved["slow"][1] > moved["none"][1] / 10
+    with pytest.raises(ValueError, match="lazy Adam"):
+        fit(model, train, None, epochs=1, table_lr={"item_id": 1e-4}, embedding_update="dense")

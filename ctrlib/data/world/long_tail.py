@@ -106,8 +106,12 @@ class LongTailWorld:
 
     def _engaged_items(self, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One item per entry of ``users`` drawn from ``q_u``: a category by taste, then an item by popularity."""
-        cdf = np.cumsum(self.taste[users], axis=1)
-        cats = np.minimum((cdf < rng.random(len(users))[:, None] * cdf[:, -1:]).sum(1), self.config.n_categories - 1)
+        K = self.config.n_categories
+        # inverse cdf over every user's taste at once: row u's cdf shifted by u, searched at u + r
+        cdf = np.cumsum(self.taste, axis=1)
+        cdf = (cdf / cdf[:, -1:] + np.arange(len(cdf))[:, None]).ravel()           # [U * K]
+        r = np.minimum(rng.random(len(users)), 1 - 1e-12)
+        cats = np.minimum(np.searchsorted(cdf, users + r, side="right") - users * K, K - 1)
         items = np.empty(len(users), dtype=np.int64)
         r = rng.random(len(users))
         for c in np.unique(cats):
