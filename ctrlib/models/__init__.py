@@ -20,6 +20,9 @@ Parameters: every embedding table is a :class:`ctrlib.layers.FeatureEmbedding` o
 :class:`ctrlib.layers.EmbeddingTable` (never a bare ``nn.Embedding``), so :func:`ctrlib.train.fit`
 gives every table ``embedding_l2`` and no weight decay, and every other parameter weight decay.
 
+Pre-training models (``PRETRAINING``): self-supervised stage-1 models with no label, such as
+:class:`ContrastiveID`, which ``fit`` trains on its own ``aux_loss`` (``self_supervised = True``).
+
 Layers, not models (they take widths, not a schema): :class:`APGLinear` and :class:`APGMLP`
 (APG's generated layers) and :class:`HSTUBlock` (the block the generative rankers stack); they
 live in their model's file because only that model family uses them.
