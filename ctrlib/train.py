@@ -293,7 +293,13 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     fail before training; a non-finite loss stops it (``FloatingPointError``, naming the epoch and
     batch). On that or on Ctrl-C the best epoch's weights are restored before the error propagates.
     Training draws from torch's global RNG seeded with ``seed`` inside a fork: the caller's RNG
-    state is the same after ``fit`` as before.
+    state is the same after ``fit`` as before. ``seed=None`` (the default) is ``torch.initial_seed()``,
+    the seed :func:`seed_everything` last set (the module docstring states the rule).
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"``; default: where the model is) moves the
+    model there for training and leaves it there. An unknown option is a ``TypeError`` listing the
+    valid ones (FuxiCTR/BARS names are translated in the message); ``preset("bars")`` in
+    :mod:`ctrlib.presets` is BARS' training.
     """
     cfg = config_with(config, **overrides)
     if isinstance(cfg.monitor, str):
