@@ -102,7 +102,7 @@ class LazyAdam(torch.optim.Adam):
     def scale_row_lr(self, table: torch.Tensor, start: int, stop: int, factor: float) -> None:
         """Rows ``start:stop`` of ``table`` step with ``factor`` x the lr (row-wise steps only): one
         embedding table inside a shared parameter gets its own lr, e.g. a transferred table."""
-        scale = self.row_lr_scale.setdefault(id(table), torch.ones(len(table), dtype=table.dtype))
+        scale = self.row_lr_scale.setdefault(id(table), torch.ones(len(table), dtype=table.dtype, device=table.device))
         scale[start:stop] = factor
 
     @torch.no_grad()
