@@ -59,3 +59,12 @@ def test_statistics_page(tmp_path):
     assert "**full mode** (2026-12-01 to 2026-12-01)" in page and "QUICK mode**" not in page
     empty = build_book.statistics_page({}, nbs)
     assert empty.startswith("# Execution statistics") and "No timings" in empty
+
+
+def test_timings_read_the_older_format(tmp_path):
+    path = tmp_path / "timings.json"
+    path.write_text(json.dumps({"quick": True, "seconds": {"a": 12.0}}))
+    started = {"b": {"when": "2026-12-01T20:00:00+00:00", "load_1min": 1.0}}
+    data = build_book.update_timings(path, "QUICK", {"b": 3.0}, started, {})
+    assert {k: v["seconds"] for k, v in data["modes"]["QUICK"]["chapters"].items()} == {"a": 12.0, "b": 3.0}
+    assert "| {doc}`a` | 12 s | — |" in build_book.statistics_page(data, [tmp_path / "a.ipynb"])

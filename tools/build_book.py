@@ -217,6 +217,9 @@ def update_timings(path: Path, mode: str, seconds: dict[str, float], started: di
     """
     old = json.loads(path.read_text()) if path.exists() else {}
     modes = old.get("modes", {})
+    if not modes and old.get("seconds"):  # the older format: one mode, seconds only
+        modes[("QUICK" if old.get("quick") else "full")] = {
+            "chapters": {k: {"seconds": v, "when": None, "load_1min": None} for k, v in old["seconds"].items()}}
     entry = modes.setdefault(mode, {"chapters": {}})
     for stem, s in seconds.items():
         entry["chapters"][stem] = {"seconds": s, **started[stem]}
@@ -253,12 +256,13 @@ def statistics_page(timings: dict, notebooks: list[Path]) -> str:
         lines.append(f"| {{doc}}`{nb.stem}` | " + " | ".join(cells) + " |")
     for mode in ("QUICK", "full"):
         entry = modes.get(mode)
-        if not entry:
+        if not entry or not entry.get("machine"):
             continue
         m, env = entry["machine"], entry.get("kernel_env", {})
         versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-        when = sorted(c["when"] for c in entry["chapters"].values())
-        lines += ["", f"**{mode} mode** ({when[0][:10]} to {when[-1][:10]}): {m['cpu']}, {m['cores']} "
+        when = sorted(c["when"] for c in entry["chapters"].values() if c.get("when"))
+        span = f" ({when[0][:10]} to {when[-1][:10]})" if when else ""
+        lines += ["", f"**{mode} mode**{span}: {m['cpu']}, {m['cores']} "
                   f"core(s) available, {m['memory_gib']} GiB memory, {m['os']}; Python {m['python']}, "
                   f"{versions}. Kernel environment: "
                   + (", ".join(f"`{k}={v}`" for k, v in env.items()) or "as inherited") + "."]
