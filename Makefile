@@ -14,6 +14,13 @@ STAMP  := $(VENV)/.installed
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
+# CPU-only torch (no CUDA libraries): make book TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# An extra index for pip when .venv is installed; unset, torch comes from PyPI (CUDA build on Linux).
+TORCH_INDEX ?=
+ifneq ($(strip $(TORCH_INDEX)),)
+export PIP_EXTRA_INDEX_URL := $(TORCH_INDEX)
+endif
+
 .PHONY: book test bench claims clean distclean venv
 
 venv: $(STAMP)

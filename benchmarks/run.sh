@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark of benchmarks/README.md, one process at a time (never two at once).
-#   bash benchmarks/run.sh [all|trainer|idbounds|flops|peers|quality|din|tables|sparse-quality]
+#   bash benchmarks/run.sh [all|trainer|idbounds|flops|peers|quality|din|tables|sparse-quality|contention]
 # Environment knobs (defaults are what the README tables used):
 #   BENCH_OUT (_build/bench)  results: *.json / *.jsonl, stderr logs, the exported CSVs
 #   BENCH_ROWS (250000)       simulator rows exported for the peer comparison (80/10/10 by time)
@@ -112,6 +112,12 @@ if want peers || want quality || want din || want tables; then
     ctrlib_din din-quality.jsonl --epochs 30
     deepctr_din din-quality.jsonl --epochs 30
   fi
+fi
+
+if want contention; then  # issue 21: a chapter (QUICK) alone and beside one busy process, before/after
+  log "chapter execution alone and beside one competing process, OpenMP default vs build_book's"
+  "$PY" benchmarks/bench_contention.py --chapter "${BENCH_CONTENTION_CHAPTER:-01_ctr_world}" \
+    --repeats "${BENCH_CONTENTION_REPS:-3}" --out "$OUT/contention.jsonl" 2>>"$OUT/contention.log"
 fi
 
 "$PY" benchmarks/summarize.py "$OUT"

@@ -280,6 +280,16 @@ def test_generic_bands(book_results, nb):
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
+def test_explorers_respond(book_results, nb):
+    """Every chapter has at least one ipywidgets explorer (ctrlib.book.explorer), and moving each
+    explorer's controls changes what it shows (the helper drives its own callback and records it)."""
+    explorers = load(book_results, nb.stem).get("explorers") or {}
+    assert explorers, f"{nb.stem} records no explorer: add one with ctrlib.book.explorer(...)"
+    stuck = sorted(name for name, e in explorers.items() if e.get("changes") is not True)
+    assert not stuck, f"{nb.stem}: moving the controls of {stuck} does not change their output"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
 def test_chapter_bands(book_results, nb):
     if nb.stem not in BANDS:
         pytest.skip(f"no chapter-specific bands for {nb.stem} yet")
