@@ -6,6 +6,15 @@ hook for auxiliary losses). The loss is the mean binary cross-entropy per task, 
 plus the embedding L2 penalty ``lambda/2 * ||E_r||^2`` summed over the rows the batch touches
 (``embedding_l2_rows="batch"``) or over every row (``"all"``: FuxiCTR's and BARS' form).
 
+Devices: ``fit(..., device="cuda")`` (or ``"cpu"``, ``"mps"``, ``"auto"``: the best one present) trains
+there; ``None`` (the default) trains where the model's parameters are. Batches are sliced on the CPU
+and moved to the device once per batch; ``predict``/``evaluate`` score on the model's device.
+
+Seeds, the one rule: ``fit``'s ``seed`` (``TrainConfig.seed``) seeds shuffling and dropout when it is
+given; when it is ``None`` (the default) fit uses ``torch.initial_seed()``, the seed that
+:func:`seed_everything` (or ``torch.manual_seed``) last set. So ``seed_everything(N)`` alone changes
+every random draw of a fit, and an explicit ``seed=`` wins over it.
+
 Embedding tables are updated row-wise by default (``embedding_update="sparse"``): lazy Adam on the rows
 a batch touches (:class:`ctrlib.optim.LazyAdam`), so a step costs the same for a table of 10^4 or
 10^7 rows; ``"dense"`` is Adam on every row of every table. Other parameters always get Adam.
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import os
 import random
@@ -57,9 +67,12 @@ class TrainConfig:
     grad_clip: float | None = None  # clip the gradient norm (FuxiCTR: 10)
     eval_batch_size: int = 16_384
     group: str = "user_id"          # the column GAUC groups by
-    seed: int = 0
-    progress: bool | None = None    # None: a bar only in an interactive session
-    autocast: str | None = None     # "bf16": bfloat16 autocast of the forward pass on CPU; fp32 weights and loss
+    seed: int | None = None         # shuffling and dropout; None: torch.initial_seed() (what seed_everything set)
+    progress: bool | str | None = None  # True: a bar; "log": one line per epoch; False: silent;
+    #                                     None: a bar when interactive, else "log" (silent under CTRLIB_HEADLESS=1)
+    autocast: str | None = None     # "bf16": bfloat16 autocast of the forward pass (CPU or CUDA); fp32 weights and loss
+    min_delta: float = 0.0          # an epoch improves only if the monitored metric moves by more than this
+    device: str | None = None       # "cpu", "cuda", "cuda:1", "mps", "auto" (best present); None: the model's device
     loss_mask: str | None = None    # a bool column: only its True positions count in the loss (sequence models)
     task_weights: dict | None = None  # several tasks: label -> w_t in  L = sum_t w_t BCE_t  (unlisted: 1)
     task_masks: dict | None = None    # label -> a bool column: that task's loss counts only its True rows
@@ -74,6 +87,69 @@ class FitResult:
     train_seconds: float            # time in the training loop, validation excluded
     config: TrainConfig = field(repr=False, default=None)
     stop_reason: str = "epoch cap"  # "early stopping", "epoch cap" (ran all epochs) or "no validation"
+
+
+# Names users copy from FuxiCTR/BARS configs -> ctrlib's (docs: book/11_leaderboard, ctrlib.presets).
+BARS_NAMES = {"learning_rate": "lr", "embedding_regularizer": "embedding_l2", "net_regularizer": "weight_decay",
+              "early_stop_patience": "patience", "batch_norm": "a model option (DeepFM(..., batch_norm=True))",
+              "embedding_dim": "a model argument (DeepFM(schema, embedding_dim, hidden))",
+              "hidden_units": "the model's hidden=(...)", "net_dropout": "the model's dropout=",
+              "gpu": "device", "monitor_mode": "monitor (its mode follows from the metric)",
+              "min_categr_count": "ctrlib.data.from_frames(..., min_count=)", "verbose": "progress"}
+
+
+def config_with(config: TrainConfig | None = None, **overrides) -> TrainConfig:
+    """``config`` (default ``TrainConfig()``) with ``overrides``; an unknown name is a ``TypeError`` that
+    lists the valid names, suggests the closest, and translates FuxiCTR/BARS names (``learning_rate``)."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    unknown = [k for k in overrides if k not in names]
+    if unknown:
+        k = unknown[0]
+        if k in BARS_NAMES:
+            hint = f"; in ctrlib, FuxiCTR/BARS' {k!r} is {BARS_NAMES[k]}"
+        else:
+            near = difflib.get_close_matches(k, names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise TypeError(f"unknown training option {k!r}{hint}. Valid options: {', '.join(names)}")
+    return dataclasses.replace(config or TrainConfig(), **overrides)
+
+
+def resolve_device(device: str | torch.device | None, model: nn.Module | None = None) -> torch.device:
+    """The device to run on: ``"auto"`` is CUDA, else MPS, else the CPU; ``None`` is where ``model``'s
+    parameters are (the CPU for a model without any). A device that is not present is a clear error."""
+    if device is None:
+        p = next(model.parameters(), None) if model is not None else None
+        return p.device if p is not None else torch.device("cpu")
+    if isinstance(device, str) and device.lower() == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        dev = torch.device(device.lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA GPU; "
+                           "use device='cpu' or 'auto'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise RuntimeError(f"device {device!r}: MPS (Apple GPU) is not available here; use 'cpu' or 'auto'")
+    return dev
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """One batch moved to ``device``: one copy per tensor (nothing when it is the CPU)."""
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _autocast(setting: str | None, device: torch.device):
+    """bfloat16 autocast of the forward pass on ``device`` (CPU or CUDA), or a no-op context."""
+    kind = device.type if device.type in ("cpu", "cuda") else "cpu"
+    return torch.autocast(kind, dtype=torch.bfloat16, enabled=setting == "bf16" and device.type in ("cpu", "cuda"))
 
 
 def _label_names(model: nn.Module) -> tuple[str, ...]:
@@ -103,12 +179,30 @@ def _native_bf16() -> bool:
         return False
 
 
-def _show_progress(setting: bool | None) -> bool:
-    if setting is not None:
-        return setting
-    if os.environ.get("CTRLIB_HEADLESS") == "1":
-        return False
+def _interactive() -> bool:
     return "ipykernel" in sys.modules or sys.stderr.isatty()
+
+
+def _show_progress(setting: bool | str | None) -> bool:
+    """A progress bar: ``True``, or ``None`` in an interactive session (not under CTRLIB_HEADLESS=1)."""
+    if setting is not None:
+        return setting is True
+    return os.environ.get("CTRLIB_HEADLESS") != "1" and _interactive()
+
+
+def _log_epochs(setting: bool | str | None) -> bool:
+    """One line per epoch on stderr: ``"log"``, or ``None`` outside an interactive session (a script, a
+    job's log file), except under CTRLIB_HEADLESS=1 (the book's executed pages)."""
+    if setting is not None:
+        return setting == "log"
+    return os.environ.get("CTRLIB_HEADLESS") != "1" and not _interactive()
+
+
+def _epoch_line(row: dict, epochs: int, monitor: str, improved: bool) -> str:
+    scores = "  ".join(f"{k[6:]} {v:.5f}" for k, v in row.items() if k.startswith("valid_"))
+    mark = f"  (best {monitor})" if improved else ""
+    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.5f}  {scores}  lr {row['lr']:.3g}  "
+            f"{row['seconds']:.1f}s{mark}")
 
 
 def _check_config(cfg: TrainConfig) -> None:
@@ -124,6 +218,10 @@ def _check_config(cfg: TrainConfig) -> None:
     if cfg.grad_clip is not None:
         C.real("grad_clip", cfg.grad_clip, 0, low_open=True, hint="None: no clipping")
     C.choice("monitor", cfg.monitor, ("auc", "gauc", "logloss"))
+    C.real("min_delta", cfg.min_delta, 0, hint="the smallest change of the monitored metric that counts as better")
+    if cfg.seed is not None:
+        C.integer("seed", cfg.seed, 0)
+    C.choice("progress", cfg.progress, (None, True, False, "log"))
     C.choice("autocast", cfg.autocast, (None, "bf16"))
     C.choice("embedding_update", cfg.embedding_update, ("sparse", "dense"))
     C.choice("embedding_l2_rows", cfg.embedding_l2_rows, ("batch", "all"))
@@ -230,11 +328,22 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     fail before training; a non-finite loss stops it (``FloatingPointError``, naming the epoch and
     batch). On that or on Ctrl-C the best epoch's weights are restored before the error propagates.
     Training draws from torch's global RNG seeded with ``seed`` inside a fork: the caller's RNG
-    state is the same after ``fit`` as before.
+    state is the same after ``fit`` as before. ``seed=None`` (the default) is ``torch.initial_seed()``,
+    the seed :func:`seed_everything` last set (the module docstring states the rule).
+
+    ``device`` (``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"``; default: where the model is) moves the
+    model there for training and leaves it there. An unknown option is a ``TypeError`` listing the
+    valid ones (FuxiCTR/BARS names are translated in the message); ``preset("bars")`` in
+    :mod:`ctrlib.presets` is BARS' training.
     """
-    cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+    cfg = config_with(config, **overrides)
+    if isinstance(cfg.monitor, str):
+        cfg.monitor = cfg.monitor.lower()  # metric names are case-insensitive ("AUC" as in BARS configs)
     _check_config(cfg)
-    if cfg.autocast == "bf16" and not _native_bf16():
+    device = resolve_device(cfg.device, model)
+    if cfg.seed is None:  # the one seed rule (module docstring): what seed_everything / torch.manual_seed set
+        cfg.seed = torch.initial_seed()
+    if cfg.autocast == "bf16" and device.type == "cpu" and not _native_bf16():
         warnings.warn("this CPU has no native bfloat16 matrix units (AVX-512 BF16 / AMX): autocast='bf16' "
                       "will be emulated and is likely slower than float32; leave autocast=None", stacklevel=2)
     labels = _label_names(model)
@@ -242,10 +351,12 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     _check_tasks(cfg, labels, train)
     if valid is not None and not callable(valid):
         _check_valid(valid, cfg.monitor_label or labels[0], cfg)
+    model.to(device)
     best = _BestWeights(model)
-    with torch.random.fork_rng(devices=[]):  # seeded inside, the caller's global RNG is left as it was
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):  # seeded inside, the caller's global RNG is left as it was
         try:
-            return _train(model, train, valid, cfg, labels, best)
+            return _train(model, train, valid, cfg, labels, best, device)
         except (KeyboardInterrupt, FloatingPointError) as stop:
             if best.restore():
                 warnings.warn(f"fit stopped ({type(stop).__name__}); the model holds the weights of epoch "
@@ -254,7 +365,8 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
 
 
 def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels: tuple[str, ...],
-           best: _BestWeights) -> FitResult:
+           best: _BestWeights, device: torch.device | None = None) -> FitResult:
+    device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny embeddings decayed by L2 turn subnormal and slow the CPU
     tables = _embedding_tables(model)
@@ -272,15 +384,17 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
     best_score, best_epoch, bad_epochs = -np.inf, 0, 0
     rows, train_seconds = [], 0.0
     stop_reason = "epoch cap" if valid is not None else "no validation"
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
+    log = _log_epochs(cfg.progress)
 
     from tqdm.auto import tqdm
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not _show_progress(cfg.progress), leave=False)
     for epoch in bar:
         model.train()
         start, total, n = time.perf_counter(), 0.0, 0
-        for step, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch), 1):
-            with autocast, sparse_row_gradients(row_tables):
+        shuffle_seed = (cfg.seed * 1000 + epoch) % 2**63
+        for step, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, seed=shuffle_seed), 1):
+            batch = _to_device(batch, device)
+            with _autocast(cfg.autocast, device), sparse_row_gradients(row_tables):
                 logits, aux = _as_logits(model(batch), labels)
             if cfg.loss_mask:  # e.g. [B, N] logits of which only the training events count
                 m = batch[cfg.loss_mask]
@@ -311,8 +425,9 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
                "seconds": seconds}
         if valid is not None:
             wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
-            scores = valid(model) if callable(valid) else evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size,
-                                                                   label=cfg.monitor_label)
+            scores = (valid(model) if callable(valid)
+                      else evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size, device=device,
+                                    label=cfg.monitor_label))
             if cfg.monitor not in scores:
                 raise KeyError(f"validation returned {list(scores)}, not the monitored {cfg.monitor!r}")
             row.update({f"valid_{k}": v for k, v in scores.items()})
@@ -320,7 +435,8 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
             if math.isnan(score):
                 raise ValueError(f"the validation {cfg.monitor} is NaN at epoch {epoch}: the validation set "
                                  f"cannot rank (one class only?); early stopping needs clicks and non-clicks")
-            if score > best_score:
+            improved = score > best_score + cfg.min_delta
+            if improved:
                 best_score, best_epoch, bad_epochs = score, epoch, 0
                 best.keep(epoch)
             else:
@@ -329,6 +445,9 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
                     for g in optimizer.param_groups:
                         g["lr"] *= cfg.lr_decay
             bar.set_postfix({cfg.monitor: f"{scores[cfg.monitor]:.4f}"})
+        if log:
+            improved = valid is not None and improved
+            print(_epoch_line(row, cfg.epochs, cfg.monitor, improved), file=sys.stderr, flush=True)
         rows.append(row)
         if valid is not None and bad_epochs >= cfg.patience:
             stop_reason = "early stopping"
@@ -340,17 +459,21 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: TensorData, batch_size: int = 16_384) -> np.ndarray | dict[str, np.ndarray]:
-    """Click probabilities: an array for one task, a dict of arrays for several."""
+def predict(model: nn.Module, data: TensorData, batch_size: int = 16_384,
+            device: str | torch.device | None = None) -> np.ndarray | dict[str, np.ndarray]:
+    """Click probabilities: an array for one task, a dict of arrays for several. ``device``: where to
+    score (the model is moved there); ``None``: where the model is."""
     _check_data_rows("predict", data)
     C.integer("batch_size", batch_size, 1)
     labels = _label_names(model)
+    device = resolve_device(device, model)
+    model.to(device)
     chunks: dict[str, list] = {}
     with eval_mode(model):
         for batch in data.batches(batch_size):
-            logits, _ = _as_logits(model(batch), labels)
+            logits, _ = _as_logits(model(_to_device(batch, device)), labels)
             for k, z in logits.items():
-                chunks.setdefault(k, []).append(torch.sigmoid(z.float()).numpy())
+                chunks.setdefault(k, []).append(torch.sigmoid(z.float()).cpu().numpy())
     out = {k: np.concatenate(v) for k, v in chunks.items()}
     for k, p in out.items():
         if not np.isfinite(p).all():
@@ -360,9 +483,13 @@ def predict(model: nn.Module, data: TensorData, batch_size: int = 16_384) -> np.
 
 
 def evaluate(model: nn.Module, data: TensorData, metrics=("auc", "logloss"), group: str = "user_id",
-             batch_size: int = 16_384, label: str | None = None) -> dict[str, float]:
-    """Metrics of ``model`` on ``data`` for ``label`` (None: the first; see :func:`ctrlib.metrics.compute`)."""
+             batch_size: int = 16_384, device: str | torch.device | None = None,
+             label: str | None = None) -> dict[str, float]:
+    """Metrics of ``model`` on ``data`` for ``label`` (None: the first; see :func:`ctrlib.metrics.compute`).
+    Metric names are case-insensitive (``"AUC"``); the keys returned are lower case. ``gauc`` groups
+    the rows by the column ``group`` (default ``user_id``), which ``data`` must carry."""
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    metrics = tuple(m.lower() if isinstance(m, str) else m for m in metrics)
     for m in metrics:
         C.choice("metric", m, M.METRICS)
     labels = _label_names(model)
@@ -377,7 +504,7 @@ def evaluate(model: nn.Module, data: TensorData, metrics=("auc", "logloss"), gro
         raise KeyError(f"evaluate: gauc groups by {group!r}, which the data lacks (it has {list(data.tensors)}). "
                        f"Carry the column with Schema(extras=({group!r},)) or TensorData.from_frame(df, schema, "
                        f"extras=({group!r},)), or pass group=<a column it has>")
-    p = predict(model, data, batch_size)
+    p = predict(model, data, batch_size, device)
     p = p[labels[0]] if isinstance(p, dict) else p
     groups = data[group].numpy() if "gauc" in metrics else None
     return M.compute(data[labels[0]].numpy(), p, groups, metrics)

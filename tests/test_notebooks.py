@@ -223,6 +223,31 @@ def _bands_05_dhen_cvr(res):
 
 
 BANDS["05_dhen_cvr"] = _bands_05_dhen_cvr
+def _bands_11_leaderboard(res):
+    """The leaderboard: every impression model on all three datasets, with its costs; no model beats
+    its simulated world's oracle logloss; every impression model of ctrlib.models is on the board;
+    the claims compare the arms the chapter names."""
+    rows = res["leaderboard"]
+    datasets = {"default world": res["default_oracle"], "multi-interest world": res["oracle"],
+                "MovieLens-100K": None}
+    models = {r["model"] for r in rows}
+    assert len(models) >= 13, sorted(models)
+    assert {(r["dataset"], r["model"]) for r in rows} == {(d, m) for d in datasets for m in models}
+    assert res["not_on_board"] == [], f"impression models missing from the leaderboard: {res['not_on_board']}"
+    for r in rows:
+        oracle = datasets[r["dataset"]]
+        if oracle:
+            assert r["logloss"] > oracle["logloss"], f"{r['dataset']} {r['model']} beats the oracle: {r}"
+            assert r["auc_gap"] == pytest.approx(r["auc"] - oracle["auc"])
+        assert r["params"] > 0 and r["train_samples_per_s"] > 0 and r["latency_ms_1024"] > 0, r
+        assert r["seeds"] >= 1 and r["stopped_by"], r
+    params = {r["model"]: r["params"] for r in rows if r["dataset"] == "multi-interest world"}
+    assert params["LR"] < params["FM"] < params["DeepFM"]   # LR: one weight per id; FM adds k per id
+    compared = {tuple(c["arms"]) for c in res["claims"]}
+    assert {("LR", "DeepFM"), ("mean pooling", "DIN")} <= compared, compared
+
+
+BANDS["11_leaderboard"] = _bands_11_leaderboard
 
 
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
