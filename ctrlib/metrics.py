@@ -42,9 +42,9 @@ def normalized_entropy(y, p) -> float:
     """NE (He et al. 2014; DHEN's metric): logloss / H(p_bar), the entropy of the labels' mean rate
     p_bar. 1 = no better than predicting the base rate; lower is better."""
     y = np.asarray(y, dtype=np.float64)
-    rate = float(np.clip(y.mean(), EPS, 1 - EPS)) if len(y) else float("nan")
-    if not 0 < y.mean() < 1:
-        raise ValueError(f"NE needs both labels (the base-rate entropy is 0 otherwise); mean label {y.mean()}")
+    if len(y) == 0 or not 0 < y.mean() < 1:
+        raise ValueError(f"NE needs both labels (the base-rate entropy is 0 otherwise); got {len(y)} labels")
+    rate = float(y.mean())
     return logloss(y, p) / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
 
 
