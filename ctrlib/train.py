@@ -30,6 +30,7 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,12 +78,18 @@ class TrainConfig:
     task_weights: dict | None = None  # several tasks: label -> w_t in  L = sum_t w_t BCE_t  (unlisted: 1)
     task_masks: dict | None = None    # label -> a bool column: that task's loss counts only its True rows
     monitor_label: str | None = None  # the label validation scores for early stopping (None: the first)
+    eval_every: float | None = None  # validate every this fraction of an epoch (0.25: 4 per epoch); None: per epoch
+    freeze: tuple[str, ...] = ()    # left as they are: "embeddings", "dense" (all else), "table:<name>", name prefixes
+    embedding_lr: float | None = None  # the lr of the embedding tables (None: lr), e.g. lower for transferred tables
+    optimizer: str = "adam"         # "adam" (lazy Adam on sparse table rows) or "sgd" (plain SGD, rows too)
+    table_lr: dict | None = None    # {table: lr} for rows of named tables (lazy Adam), e.g. {"item_id": 1e-4}
+    on_eval: Callable | None = field(default=None, repr=False)  # (model, epoch) -> dict added to each history row
 
 
 @dataclass
 class FitResult:
-    history: pd.DataFrame           # one row per epoch
-    best_epoch: int
+    history: pd.DataFrame           # one row per epoch (per evaluation with eval_every: a fractional epoch)
+    best_epoch: int | float          # fractional with eval_every
     best_score: float
     train_seconds: float            # time in the training loop, validation excluded
     config: TrainConfig = field(repr=False, default=None)
@@ -160,9 +167,11 @@ def _label_names(model: nn.Module) -> tuple[str, ...]:
 def _as_logits(output, labels: tuple[str, ...]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     """Normalise a model's output to ({label: logits}, aux_loss or None)."""
     if isinstance(output, torch.Tensor):
+        if not labels:
+            raise TypeError("a self-supervised model (self_supervised = True) returns {'aux_loss': loss}, not logits")
         return {labels[0]: output}, None
     logits = {k: v for k, v in output.items() if k in labels}
-    if not logits:
+    if not logits and labels:
         raise KeyError(f"the model returned keys {list(output)}, none of which is a label {list(labels)}")
     return logits, output.get("aux_loss")
 
@@ -205,7 +214,7 @@ def _epoch_line(row: dict, epochs: int, monitor: str, improved: bool) -> str:
             f"{row['seconds']:.1f}s{mark}")
 
 
-def _check_config(cfg: TrainConfig) -> None:
+def _check_config(cfg: TrainConfig, any_monitor: bool = False) -> None:
     C.integer("epochs", cfg.epochs, 1)
     C.integer("batch_size", cfg.batch_size, 1)
     C.integer("eval_batch_size", cfg.eval_batch_size, 1)
@@ -217,7 +226,8 @@ def _check_config(cfg: TrainConfig) -> None:
         C.real("lr_decay", cfg.lr_decay, 0, 1, low_open=True, hint="the lr is multiplied by it; None: no decay")
     if cfg.grad_clip is not None:
         C.real("grad_clip", cfg.grad_clip, 0, low_open=True, hint="None: no clipping")
-    C.choice("monitor", cfg.monitor, ("auc", "gauc", "logloss"))
+    if not any_monitor:  # a validation function may return other metrics (e.g. recall@k): monitor any of them
+        C.choice("monitor", cfg.monitor, ("auc", "gauc", "logloss"))
     C.real("min_delta", cfg.min_delta, 0, hint="the smallest change of the monitored metric that counts as better")
     if cfg.seed is not None:
         C.integer("seed", cfg.seed, 0)
@@ -225,6 +235,25 @@ def _check_config(cfg: TrainConfig) -> None:
     C.choice("autocast", cfg.autocast, (None, "bf16"))
     C.choice("embedding_update", cfg.embedding_update, ("sparse", "dense"))
     C.choice("embedding_l2_rows", cfg.embedding_l2_rows, ("batch", "all"))
+    C.choice("optimizer", cfg.optimizer, ("adam", "sgd"))
+    if cfg.eval_every is not None:
+        C.real("eval_every", cfg.eval_every, 0, 1, low_open=True,
+               hint="a fraction of an epoch, e.g. 0.25 validates 4 times per epoch; None: once per epoch")
+    if cfg.embedding_lr is not None:
+        C.real("embedding_lr", cfg.embedding_lr, 0, low_open=True, hint="None: the tables use lr")
+    if cfg.table_lr is not None:
+        if cfg.embedding_update != "sparse" or cfg.optimizer != "adam":
+            raise ValueError("table_lr sets the lr of single rows, which only lazy Adam's row-wise steps do: "
+                             "use embedding_update='sparse' and optimizer='adam' (or embedding_lr for every table)")
+        if cfg.embedding_l2 and cfg.embedding_l2_rows == "all":
+            raise ValueError("table_lr needs row-wise steps, but embedding_l2_rows='all' gives every row a gradient; "
+                             "use embedding_l2_rows='batch'")
+        for name, value in dict(cfg.table_lr).items():
+            C.real(f"table_lr[{name!r}]", value, 0, low_open=True)
+    if isinstance(cfg.freeze, str):
+        raise TypeError(f"freeze takes a tuple of names, got the string {cfg.freeze!r}; write ({cfg.freeze!r},)")
+    if cfg.on_eval is not None and not callable(cfg.on_eval):
+        raise TypeError(f"on_eval must be a function (model, epoch) -> dict or None, got {type(cfg.on_eval).__name__}")
     for name in ("task_weights", "task_masks"):
         if getattr(cfg, name) is not None and not isinstance(getattr(cfg, name), dict):
             raise TypeError(f"{name} must be a dict label -> value, got {type(getattr(cfg, name)).__name__}")
@@ -263,6 +292,8 @@ def _check_data(role: str, data, columns, mask: str | None = None) -> None:
     """``data`` is a non-empty TensorData holding ``columns``; the first (the label) is in [0, 1]
     wherever the loss reads it (the ``mask`` column's True positions)."""
     _check_data_rows(f"fit ({role} data)", data)
+    if not columns:  # a self-supervised model reads no label
+        return
     missing = [k for k in (*columns, *([mask] if mask else [])) if k not in data.tensors]
     if missing:
         raise KeyError(f"the {role} data lacks columns {missing} (labels / loss_mask / group); "
@@ -335,46 +366,140 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
     model there for training and leaves it there. An unknown option is a ``TypeError`` listing the
     valid ones (FuxiCTR/BARS names are translated in the message); ``preset("bars")`` in
     :mod:`ctrlib.presets` is BARS' training.
+
+    Stages and partial training (the one-epoch chapter): ``eval_every=0.25`` validates four times
+    per epoch (history rows at epochs 0.25, 0.5, ...; ``train_loss`` is the mean over the steps
+    since the previous row; early stopping keeps the best of these checkpoints and ``patience``
+    still counts epochs, i.e. ``patience / eval_every`` validations); ``freeze=("embeddings",)`` or
+    ``("dense",)`` (or parameter-name prefixes) leaves those parameters bit-identical;
+    ``embedding_lr`` gives the tables their own lr; ``on_eval(model, epoch)`` runs after each
+    validation (e.g. to score a test set along the curve) and a dict it returns joins the history
+    row. A model with ``self_supervised = True`` returns ``{"aux_loss": loss}`` (its own objective,
+    no label; see :class:`ctrlib.models.ContrastiveID`) and is validated by a function.
     """
     cfg = config_with(config, **overrides)
     if isinstance(cfg.monitor, str):
         cfg.monitor = cfg.monitor.lower()  # metric names are case-insensitive ("AUC" as in BARS configs)
-    _check_config(cfg)
+    _check_config(cfg, any_monitor=callable(valid))
     device = resolve_device(cfg.device, model)
     if cfg.seed is None:  # the one seed rule (module docstring): what seed_everything / torch.manual_seed set
         cfg.seed = torch.initial_seed()
     if cfg.autocast == "bf16" and device.type == "cpu" and not _native_bf16():
         warnings.warn("this CPU has no native bfloat16 matrix units (AVX-512 BF16 / AMX): autocast='bf16' "
                       "will be emulated and is likely slower than float32; leave autocast=None", stacklevel=2)
-    labels = _label_names(model)
+    labels = () if getattr(model, "self_supervised", False) else _label_names(model)
     _check_data("train", train, labels, cfg.loss_mask)
     _check_tasks(cfg, labels, train)
     if valid is not None and not callable(valid):
+        if not labels:
+            raise TypeError("a self-supervised model is validated by a function model -> {metric: value}, "
+                            "not by labelled data")
         _check_valid(valid, cfg.monitor_label or labels[0], cfg)
+    frozen = _frozen_parameters(model, [f for f in cfg.freeze if not f.startswith("table:")])
+    frozen_rows = _frozen_rows(model, [f[len("table:"):] for f in cfg.freeze if f.startswith("table:")])
+    lr_rows = [(rows, lr) for name, lr in (cfg.table_lr or {}).items() for rows in _frozen_rows(model, [name])]
     model.to(device)
     best = _BestWeights(model)
     forked = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=forked):  # seeded inside, the caller's global RNG is left as it was
+        trainable = {id(p): p.requires_grad for p in model.parameters()}
         try:
-            return _train(model, train, valid, cfg, labels, best, device)
+            for p in frozen:
+                p.requires_grad_(False)
+            return _train(model, train, valid, cfg, labels, best, device, frozen, frozen_rows, lr_rows)
         except (KeyboardInterrupt, FloatingPointError) as stop:
             if best.restore():
                 warnings.warn(f"fit stopped ({type(stop).__name__}); the model holds the weights of epoch "
                               f"{best.epoch}, the best so far", stacklevel=2)
             raise
+        finally:
+            for p in model.parameters():
+                p.requires_grad_(trainable[id(p)])
+
+
+def _frozen_parameters(model: nn.Module, freeze) -> list[nn.Parameter]:
+    """The parameters ``freeze`` names: ``"embeddings"`` (every embedding table), ``"dense"`` (every
+    other parameter) or a parameter-name prefix (``"mlp."``); each name must match something."""
+    tables = {id(t) for t in _embedding_tables(model)}
+    out: dict[int, nn.Parameter] = {}
+    for name in freeze:
+        if name == "embeddings":
+            hit = [p for p in model.parameters() if id(p) in tables]
+        elif name == "dense":
+            hit = [p for p in model.parameters() if id(p) not in tables]
+        else:
+            hit = [p for n, p in model.named_parameters() if n == name or n.startswith(name)]
+        if not hit:
+            names = [n for n, _ in model.named_parameters()]
+            raise ValueError(f"freeze={tuple(freeze)!r}: {name!r} matches no parameter of {type(model).__name__} "
+                             f"(use 'embeddings', 'dense' or a prefix of {C.examples(names)})")
+        out.update({id(p): p for p in hit})
+    if freeze and len(out) == len(list(model.parameters())):
+        raise ValueError(f"freeze={tuple(freeze)!r} freezes every parameter: nothing would train")
+    return list(out.values())
+
+
+def _frozen_rows(model: nn.Module, tables) -> list[tuple[torch.Tensor, int, int]]:
+    """``(weight, first row, end row)`` of each named table of the model's FeatureEmbeddings: rows
+    that keep their values while the rest of the same parameter trains (``freeze=("table:item_id",)``)."""
+    out = []
+    for name in tables:
+        hits = [m for m in model.modules() if isinstance(m, FeatureEmbedding) and name in m.table_offsets]
+        if not hits:
+            found = sorted({t for m in model.modules() if isinstance(m, FeatureEmbedding) for t in m.table_offsets})
+            raise ValueError(f"'table:{name}' (freeze or table_lr) names no embedding table of {type(model).__name__} "
+                             f"(its tables: {found})")
+        for m in hits:
+            start = m.table_offsets[name]
+            out.append((m.weight, start, start + m.schema.tables[name]))
+    return out
+
+
+def _drop_frozen_rows(frozen_rows) -> None:
+    """Remove the frozen rows from their tables' gradients (after ``prepare_table_grads``): a sparse
+    gradient loses those rows (lazy Adam and SGD then never touch them), a dense one gets zeros there
+    (a fresh Adam's moments stay zero on them, so its step is exactly zero)."""
+    for weight, start, stop in frozen_rows:
+        g = weight.grad
+        if g is None:
+            continue
+        if g.is_sparse:
+            rows = g._indices()[0]
+            keep = (rows < start) | (rows >= stop)
+            weight.grad = torch.sparse_coo_tensor(rows[keep].unsqueeze(0), g._values()[keep], g.shape,
+                                                  is_coalesced=True, check_invariants=False)
+        else:
+            g[start:stop] = 0
+
+
+def _checkpoints(n_batches: int, eval_every: float | None) -> list[int]:
+    """The steps of an epoch after which fit validates: the last one, and every ``eval_every`` epoch."""
+    if eval_every is None:
+        return [n_batches]
+    fractions = [j * eval_every for j in range(1, math.ceil(1 / eval_every - 1e-9))] + [1.0]
+    return sorted({max(1, min(n_batches, round(n_batches * f))) for f in fractions})
 
 
 def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels: tuple[str, ...],
-           best: _BestWeights, device: torch.device | None = None) -> FitResult:
+           best: _BestWeights, device: torch.device | None = None, frozen=(), frozen_rows=(),
+           lr_rows=()) -> FitResult:
     device = device or torch.device("cpu")
     torch.manual_seed(cfg.seed)
     torch.set_flush_denormal(True)  # tiny embeddings decayed by L2 turn subnormal and slow the CPU
-    tables = _embedding_tables(model)
-    table_ids = {id(t) for t in tables}
-    others = [p for p in model.parameters() if id(p) not in table_ids]
-    groups = [{"params": tables, "weight_decay": 0.0}, {"params": others, "weight_decay": cfg.weight_decay}]
+    frozen_ids = {id(p) for p in frozen}
+    tables = [t for t in _embedding_tables(model) if id(t) not in frozen_ids]
+    table_ids = {id(t) for t in _embedding_tables(model)}
+    others = [p for p in model.parameters() if id(p) not in table_ids and id(p) not in frozen_ids]
+    groups = [{"params": tables, "weight_decay": 0.0, "lr": cfg.embedding_lr or cfg.lr},
+              {"params": others, "weight_decay": cfg.weight_decay}]
+    groups = [g for g in groups if g["params"]]  # a frozen part is not given to the optimiser at all
     sparse = cfg.embedding_update == "sparse"
-    optimizer = LazyAdam(groups, lr=cfg.lr) if sparse else torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":  # plain SGD: a sparse row gradient moves only its rows
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr)
+    else:
+        optimizer = LazyAdam(groups, lr=cfg.lr) if sparse else torch.optim.Adam(groups, lr=cfg.lr)
+    for (weight, start, stop), lr in lr_rows:  # rows of one table at their own lr (relative to their group's)
+        optimizer.scale_row_lr(weight, start, stop, lr / (cfg.embedding_lr or cfg.lr))
     batch_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "batch" else 0.0
     full_l2 = cfg.embedding_l2 if cfg.embedding_l2_rows == "all" else 0.0
     # the tables' lookups give sparse row gradients where the update or the batch-rows L2 needs them; with
@@ -382,78 +507,94 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
     row_tables = tables if (sparse or batch_l2) and not full_l2 else []
     sign = -1.0 if cfg.monitor == "logloss" else 1.0
     best_score, best_epoch, bad_epochs = -np.inf, 0, 0
+    patience = cfg.patience if cfg.eval_every is None else math.ceil(cfg.patience / cfg.eval_every - 1e-9)
     rows, train_seconds = [], 0.0
     stop_reason = "epoch cap" if valid is not None else "no validation"
     log = _log_epochs(cfg.progress)
 
     from tqdm.auto import tqdm
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not _show_progress(cfg.progress), leave=False)
+    n_batches = train.num_batches(cfg.batch_size)
+    checkpoints = _checkpoints(n_batches, cfg.eval_every)
+    stop = False
     for epoch in bar:
         model.train()
-        start, total, n = time.perf_counter(), 0.0, 0
         shuffle_seed = (cfg.seed * 1000 + epoch) % 2**63
-        for step, batch in enumerate(train.batches(cfg.batch_size, shuffle=True, seed=shuffle_seed), 1):
-            batch = _to_device(batch, device)
-            with _autocast(cfg.autocast, device), sparse_row_gradients(row_tables):
-                logits, aux = _as_logits(model(batch), labels)
-            if cfg.loss_mask:  # e.g. [B, N] logits of which only the training events count
-                m = batch[cfg.loss_mask]
-                logits = {k: z[m] for k, z in logits.items()}
-                batch = {**batch, **{k: batch[k][m] for k in logits}}
-            loss = task_loss(logits, batch, cfg.task_weights, cfg.task_masks)
-            if aux is not None:
-                loss = loss + aux
-            if full_l2:
-                loss = loss + full_l2 / 2 * sum(t.pow(2).sum() for t in tables)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise FloatingPointError(
-                    f"the training loss is {value} at epoch {epoch}, batch {step} of "
-                    f"{train.num_batches(cfg.batch_size)}: training diverged. Lower lr (now {cfg.lr:g}), set "
-                    f"grad_clip, or look for huge values among the numeric features")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            penalty = prepare_table_grads(row_tables, batch_l2, dense=not sparse)  # + the batch-rows L2's gradient
-            if cfg.grad_clip:
-                clip_grad_norm(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            total += (value + penalty) * len(batch[labels[0]])
-            n += len(batch[labels[0]])
-        seconds = time.perf_counter() - start
-        train_seconds += seconds
-        row = {"epoch": epoch, "train_loss": total / max(n, 1), "lr": optimizer.param_groups[0]["lr"],
-               "seconds": seconds}
-        if valid is not None:
-            wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
-            scores = (valid(model) if callable(valid)
-                      else evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size, device=device,
-                                    label=cfg.monitor_label))
-            if cfg.monitor not in scores:
-                raise KeyError(f"validation returned {list(scores)}, not the monitored {cfg.monitor!r}")
-            row.update({f"valid_{k}": v for k, v in scores.items()})
-            score = sign * scores[cfg.monitor]
-            if math.isnan(score):
-                raise ValueError(f"the validation {cfg.monitor} is NaN at epoch {epoch}: the validation set "
-                                 f"cannot rank (one class only?); early stopping needs clicks and non-clicks")
-            improved = score > best_score + cfg.min_delta
-            if improved:
-                best_score, best_epoch, bad_epochs = score, epoch, 0
-                best.keep(epoch)
-            else:
-                bad_epochs += 1
-                if cfg.lr_decay:
-                    for g in optimizer.param_groups:
-                        g["lr"] *= cfg.lr_decay
-            bar.set_postfix({cfg.monitor: f"{scores[cfg.monitor]:.4f}"})
-        if log:
-            improved = valid is not None and improved
-            print(_epoch_line(row, cfg.epochs, cfg.monitor, improved), file=sys.stderr, flush=True)
-        rows.append(row)
-        if valid is not None and bad_epochs >= cfg.patience:
-            stop_reason = "early stopping"
+        steps = enumerate(train.batches(cfg.batch_size, shuffle=True, seed=shuffle_seed), 1)
+        for checkpoint in checkpoints:  # [n_batches] unless eval_every splits the epoch
+            start, total, n = time.perf_counter(), 0.0, 0
+            for step, batch in steps:
+                batch = _to_device(batch, device)
+                with _autocast(cfg.autocast, device), sparse_row_gradients(row_tables):
+                    logits, aux = _as_logits(model(batch), labels)
+                if cfg.loss_mask:  # e.g. [B, N] logits of which only the training events count
+                    m = batch[cfg.loss_mask]
+                    logits = {k: z[m] for k, z in logits.items()}
+                    batch = {**batch, **{k: batch[k][m] for k in logits}}
+                loss = task_loss(logits, batch, cfg.task_weights, cfg.task_masks)
+                if aux is not None:
+                    loss = loss + aux
+                if full_l2:
+                    loss = loss + full_l2 / 2 * sum(t.pow(2).sum() for t in tables)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"the training loss is {value} at epoch {epoch}, batch {step} of "
+                        f"{n_batches}: training diverged. Lower lr (now {cfg.lr:g}), set "
+                        f"grad_clip, or look for huge values among the numeric features")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                penalty = prepare_table_grads(row_tables, batch_l2, dense=not sparse)  # + the batch-rows L2's gradient
+                _drop_frozen_rows(frozen_rows)
+                if cfg.grad_clip:
+                    clip_grad_norm([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+                optimizer.step()
+                rows_in_batch = len(batch[labels[0]]) if labels else len(next(iter(batch.values())))
+                total += (value + penalty) * rows_in_batch
+                n += rows_in_batch
+                if step == checkpoint:
+                    break
+            seconds = time.perf_counter() - start
+            train_seconds += seconds
+            at = epoch if checkpoint == n_batches else epoch - 1 + checkpoint / n_batches  # a fractional epoch
+            row = {"epoch": at, "train_loss": total / max(n, 1), "lr": optimizer.param_groups[-1]["lr"],
+                   "seconds": seconds}
+            if valid is not None:
+                wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
+                scores = (valid(model) if callable(valid)
+                          else evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size, device=device,
+                                        label=cfg.monitor_label))
+                if cfg.monitor not in scores:
+                    raise KeyError(f"validation returned {list(scores)}, not the monitored {cfg.monitor!r}")
+                row.update({f"valid_{k}": v for k, v in scores.items()})
+                score = sign * scores[cfg.monitor]
+                if math.isnan(score):
+                    raise ValueError(f"the validation {cfg.monitor} is NaN at epoch {at:g}: the validation set "
+                                     f"cannot rank (one class only?); early stopping needs clicks and non-clicks")
+                improved = score > best_score + cfg.min_delta
+                if improved:
+                    best_score, best_epoch, bad_epochs = score, at, 0
+                    best.keep(at)
+                else:
+                    bad_epochs += 1
+                    if cfg.lr_decay:
+                        for g in optimizer.param_groups:
+                            g["lr"] *= cfg.lr_decay
+                bar.set_postfix({cfg.monitor: f"{scores[cfg.monitor]:.4f}"})
+            if log:
+                improved = valid is not None and improved
+                print(_epoch_line(row, cfg.epochs, cfg.monitor, improved), file=sys.stderr, flush=True)
+            if cfg.on_eval is not None:
+                row.update(cfg.on_eval(model, at) or {})
+                model.train()
+            rows.append(row)
+            if valid is not None and bad_epochs >= patience:
+                stop_reason, stop = "early stopping", True
+                break
+        if stop:
             break
     if not best.restore():
-        best_epoch = len(rows)
+        best_epoch = rows[-1]["epoch"]
     return FitResult(pd.DataFrame(rows), best_epoch, sign * best_score if valid is not None else float("nan"),
                      train_seconds, cfg, stop_reason)
 
@@ -508,3 +649,34 @@ def evaluate(model: nn.Module, data: TensorData, metrics=("auc", "logloss"), gro
     p = p[labels[0]] if isinstance(p, dict) else p
     groups = data[group].numpy() if "gauc" in metrics else None
     return M.compute(data[labels[0]].numpy(), p, groups, metrics)
+
+
+@torch.no_grad()
+def transfer_embeddings(source: nn.Module, target: nn.Module, tables=None) -> list[str]:
+    """Copy embedding tables from ``source`` into ``target`` by table name, row for row (row = id), so
+    an id keeps its vector: both models must be built from the same vocabulary of each table (checked:
+    the same number of rows and the same width). ``tables``: the names to copy (default: every table
+    the two models share). Returns the names copied. Stage 2 of two-stage training."""
+    def feature_tables(model):
+        found = {}
+        for m in model.modules():
+            if isinstance(m, FeatureEmbedding):
+                for name in m.table_offsets:
+                    found.setdefault(name, m)
+        return found
+
+    src, dst = feature_tables(source), feature_tables(target)
+    names = [t for t in src if t in dst] if tables is None else list(tables)
+    if not names:
+        raise ValueError(f"transfer_embeddings: no table in common (source {list(src)}, target {list(dst)})")
+    for name in names:
+        if name not in src or name not in dst:
+            raise KeyError(f"transfer_embeddings: table {name!r} is missing from the "
+                           f"{'source' if name not in src else 'target'} (source {list(src)}, target {list(dst)})")
+        a, b = src[name].table_weight(name), dst[name].table_weight(name)
+        if a.shape != b.shape:
+            raise ValueError(f"transfer_embeddings: table {name!r} is {tuple(a.shape)} in the source and "
+                             f"{tuple(b.shape)} in the target; build both from the same vocabulary and width, "
+                             f"or the rows (ids) would not line up")
+        b.copy_(a)
+    return names
