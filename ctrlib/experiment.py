@@ -235,6 +235,33 @@ def restrict(arm: Arm, rows, name: str | None = None) -> Arm:
     return Arm(name or arm.name, runs, y, g)
 
 
+def task_arms(arm: Arm, test: TensorData, labels, metrics=("auc", "logloss"), batch_size: int = 16_384) -> dict:
+    """One :class:`Arm` per task of a multi-task arm (``run_arm(..., keep_models=True)``): every run's
+    model scores ``test`` once and each label in ``labels`` gets its own arm (named ``arm.name``), so
+    per-task comparisons pair runs by seed as :func:`compare` needs. Returns ``{label: Arm}``."""
+    if any(r.model is None for r in arm.runs):
+        raise ValueError(f"task_arms({arm.name!r}): the runs kept no model; train the arm with keep_models=True")
+    labels = list(labels)
+    missing = [k for k in labels if k not in test.tensors]
+    if missing:
+        raise KeyError(f"task_arms({arm.name!r}): the test data lacks the labels {missing}")
+    scored = []
+    for r in arm.runs:
+        p = predict(r.model, test, batch_size)
+        p = p if isinstance(p, dict) else {_first_label(r.model): p}
+        absent = [k for k in labels if k not in p]
+        if absent:
+            raise KeyError(f"task_arms({arm.name!r}): the model predicts {list(p)}, not {absent}")
+        scored.append(p)
+    out = {}
+    for k in labels:
+        y = test[k].numpy()
+        runs = [Run(r.seed, M.compute(y, p[k], None, metrics), p[k], r.fit, k, labels=y)
+                for r, p in zip(arm.runs, scored)]
+        out[k] = Arm(arm.name, runs, y)
+    return out
+
+
 # -- intervals -------------------------------------------------------------------------------
 
 def _bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -524,4 +551,5 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
 __all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "fixed_arm", "restrict", "arms_table",
            "compare", "compare_samples", "compare_paired_samples", "compare_spread", "verdict", "claim",
            "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE",
-           "NOT_TRAINED", "difference", "checkpoint_arm", "compare_changes"]
+           "NOT_TRAINED", "difference", "checkpoint_arm", "compare_changes",
+           "task_arms"]

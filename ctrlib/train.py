@@ -75,6 +75,9 @@ class TrainConfig:
     min_delta: float = 0.0          # an epoch improves only if the monitored metric moves by more than this
     device: str | None = None       # "cpu", "cuda", "cuda:1", "mps", "auto" (best present); None: the model's device
     loss_mask: str | None = None    # a bool column: only its True positions count in the loss (sequence models)
+    task_weights: dict | None = None  # several tasks: label -> w_t in  L = sum_t w_t BCE_t  (unlisted: 1)
+    task_masks: dict | None = None    # label -> a bool column: that task's loss counts only its True rows
+    monitor_label: str | None = None  # the label validation scores for early stopping (None: the first)
     eval_every: float | None = None  # validate every this fraction of an epoch (0.25: 4 per epoch); None: per epoch
     freeze: tuple[str, ...] = ()    # left as they are: "embeddings", "dense" (all else), "table:<name>", name prefixes
     embedding_lr: float | None = None  # the lr of the embedding tables (None: lr), e.g. lower for transferred tables
@@ -251,6 +254,38 @@ def _check_config(cfg: TrainConfig, any_monitor: bool = False) -> None:
         raise TypeError(f"freeze takes a tuple of names, got the string {cfg.freeze!r}; write ({cfg.freeze!r},)")
     if cfg.on_eval is not None and not callable(cfg.on_eval):
         raise TypeError(f"on_eval must be a function (model, epoch) -> dict or None, got {type(cfg.on_eval).__name__}")
+    for name in ("task_weights", "task_masks"):
+        if getattr(cfg, name) is not None and not isinstance(getattr(cfg, name), dict):
+            raise TypeError(f"{name} must be a dict label -> value, got {type(getattr(cfg, name)).__name__}")
+    for label, w in (cfg.task_weights or {}).items():
+        C.real(f"task_weights[{label!r}]", w, 0)
+
+
+def _check_tasks(cfg: TrainConfig, labels: tuple[str, ...], train) -> None:
+    """Task weights, masks and the monitored label name the model's labels; mask columns exist."""
+    named = [*(cfg.task_weights or {}), *(cfg.task_masks or {}), *([cfg.monitor_label] if cfg.monitor_label else [])]
+    unknown = sorted({k for k in named if k not in labels})
+    if unknown:
+        raise KeyError(f"task_weights / task_masks / monitor_label name {unknown}, which are not labels of the "
+                       f"model {list(labels)}")
+    missing = [c for c in (cfg.task_masks or {}).values() if c not in train.tensors]
+    if missing:
+        raise KeyError(f"the train data lacks the task_masks columns {missing}; it has {list(train.tensors)}")
+
+
+def task_loss(logits: dict, batch: dict, weights: dict | None = None, masks: dict | None = None) -> torch.Tensor:
+    """The multi-task loss  L = sum_t w_t BCE_t,  BCE_t the mean binary cross-entropy of task t over
+    the rows of its mask (all rows without one): a task's unlabelled rows add nothing."""
+    total = 0.0
+    for k, z in logits.items():
+        w = 1.0 if weights is None else weights.get(k, 1.0)
+        if masks and k in masks:
+            m = batch[masks[k]].float()
+            bce = F.binary_cross_entropy_with_logits(z.float(), batch[k], reduction="none")
+            total = total + w * (bce * m).sum() / m.sum().clamp(min=1)
+        else:
+            total = total + w * F.binary_cross_entropy_with_logits(z.float(), batch[k])
+    return total
 
 
 def _check_data(role: str, data, columns, mask: str | None = None) -> None:
@@ -354,11 +389,12 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None,
                       "will be emulated and is likely slower than float32; leave autocast=None", stacklevel=2)
     labels = () if getattr(model, "self_supervised", False) else _label_names(model)
     _check_data("train", train, labels, cfg.loss_mask)
+    _check_tasks(cfg, labels, train)
     if valid is not None and not callable(valid):
         if not labels:
             raise TypeError("a self-supervised model is validated by a function model -> {metric: value}, "
                             "not by labelled data")
-        _check_valid(valid, labels[0], cfg)
+        _check_valid(valid, cfg.monitor_label or labels[0], cfg)
     frozen = _frozen_parameters(model, [f for f in cfg.freeze if not f.startswith("table:")])
     frozen_rows = _frozen_rows(model, [f[len("table:"):] for f in cfg.freeze if f.startswith("table:")])
     lr_rows = [(rows, lr) for name, lr in (cfg.table_lr or {}).items() for rows in _frozen_rows(model, [name])]
@@ -495,7 +531,7 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
                     m = batch[cfg.loss_mask]
                     logits = {k: z[m] for k, z in logits.items()}
                     batch = {**batch, **{k: batch[k][m] for k in logits}}
-                loss = sum(F.binary_cross_entropy_with_logits(z.float(), batch[k]) for k, z in logits.items())
+                loss = task_loss(logits, batch, cfg.task_weights, cfg.task_masks)
                 if aux is not None:
                     loss = loss + aux
                 if full_l2:
@@ -526,7 +562,8 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
             if valid is not None:
                 wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
                 scores = (valid(model) if callable(valid)
-                          else evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size, device=device))
+                          else evaluate(model, valid, wanted, cfg.group, cfg.eval_batch_size, device=device,
+                                        label=cfg.monitor_label))
                 if cfg.monitor not in scores:
                     raise KeyError(f"validation returned {list(scores)}, not the monitored {cfg.monitor!r}")
                 row.update({f"valid_{k}": v for k, v in scores.items()})
@@ -587,8 +624,9 @@ def predict(model: nn.Module, data: TensorData, batch_size: int = 16_384,
 
 
 def evaluate(model: nn.Module, data: TensorData, metrics=("auc", "logloss"), group: str = "user_id",
-             batch_size: int = 16_384, device: str | torch.device | None = None) -> dict[str, float]:
-    """Metrics of ``model`` on ``data`` for the first label (see :func:`ctrlib.metrics.compute`).
+             batch_size: int = 16_384, device: str | torch.device | None = None,
+             label: str | None = None) -> dict[str, float]:
+    """Metrics of ``model`` on ``data`` for ``label`` (None: the first; see :func:`ctrlib.metrics.compute`).
     Metric names are case-insensitive (``"AUC"``); the keys returned are lower case. ``gauc`` groups
     the rows by the column ``group`` (default ``user_id``), which ``data`` must carry."""
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
@@ -596,6 +634,10 @@ def evaluate(model: nn.Module, data: TensorData, metrics=("auc", "logloss"), gro
     for m in metrics:
         C.choice("metric", m, M.METRICS)
     labels = _label_names(model)
+    if label is not None:
+        if label not in labels:
+            raise KeyError(f"evaluate: {label!r} is not a label of the model {list(labels)}")
+        labels = (label, *[k for k in labels if k != label])
     _check_data_rows("evaluate", data)
     if labels[0] not in data.tensors:
         raise KeyError(f"evaluate: the data lacks the label {labels[0]!r}; it has {list(data.tensors)}")

@@ -14,8 +14,8 @@ from torch import nn
 
 import ctrlib.models
 from ctrlib.data import CTRWorld, TensorData, Timestamp
-from ctrlib.models import (APG, DCN, DIEN, DIN, DLRM, FM, TLSI, ConditionInMLP, DeepFM, GenerativeRanker,
-                           LogisticRegression, TwoTower)
+from ctrlib.models import (APG, DCN, DHEN, DIEN, DIN, DLRM, FM, PLE, TLSI, ConditionInMLP, DeepFM, GenerativeRanker,
+                           LogisticRegression, MMoE, TwoTower)
 from ctrlib.train import _embedding_tables
 
 FIELDS = ["user_id", "age", "gender", "device", "item_id", "category", "brand", "price", "hour", "scenario"]
@@ -45,7 +45,7 @@ def _schema_batch():
 # Models on the contract: Model(schema, embedding_dim, hidden, **options).
 CONTRACT = {
     LogisticRegression: {}, FM: {}, DeepFM: {}, DCN: {"cross_layers": 2}, DLRM: {"bottom_hidden": ()},
-    TwoTower: {"item_features": ITEM_FIELDS}, DIN: {}, DIEN: {},
+    TwoTower: {"item_features": ITEM_FIELDS}, DIN: {}, DIEN: {}, DHEN: {}, MMoE: {}, PLE: {},
 }
 
 

@@ -187,6 +187,42 @@ def _bands_06_time_matters(res):
 BANDS["06_time_matters"] = _bands_06_time_matters
 
 
+def _bands_05_dhen_cvr(res):
+    """DHEN for CVR: the funnel has its rates and nesting; every arm ran on every task it predicts and no
+    arm beats a task's oracle logloss; the control world's oracle is lower (the planted interactions are
+    signal); the claims compare the arms the issue names; the cost table's structural facts hold."""
+    f = res["funnel"]
+    assert abs(f["click"]["positive_rate"] - 0.05) < 0.01 and abs(f["checkout"]["positive_rate"] - 0.003) < 0.0015, f
+    assert f["checkout"]["positive_rate"] < f["cart"]["positive_rate"] < f["click"]["positive_rate"], f
+    singles = {f"{m} only" for m in ("mlp", "dcn", "attention", "dot")}
+    headline = {"DHEN", "single-task DHEN", "- off-site sequence", "- on-site sequence", "+ next-action loss"} | singles
+    # "models" holds the click task (the single-task arm predicts checkout only: it is in per_task)
+    assert set(res["models"]) == (headline - {"single-task DHEN"}) | {"MMoE", "PLE", "no sequences"}, res["models"]
+    assert set(res["per_task"]["checkout"]) == headline | {"MMoE", "PLE", "no sequences"}, res["per_task"]
+    for task, arms in res["per_task"].items():
+        oracle = res["oracle_per_task"][task]
+        assert ("single-task DHEN" in arms) == (task == "checkout"), (task, sorted(arms))
+        for name, r in arms.items():
+            assert r["logloss"] > oracle["logloss"], f"{task}/{name}: logloss {r['logloss']:.5f} beats the oracle's"
+    assert res["control_oracle"]["checkout"]["auc"] < res["oracle_per_task"]["checkout"]["auc"] - 0.05
+    compared = {tuple(c["arms"]) for c in res["claims"] if c["headline"]}
+    needed = {(s, "DHEN") for s in singles} | {("single-task DHEN", "DHEN"),
+                                               ("- off-site sequence", "- on-site sequence"),
+                                               ("DHEN", "+ next-action loss")}
+    assert needed <= compared, needed - compared
+    assert any(c["arms"][1] == "oracle" and c["headline"] for c in res["claims"]), "no claim against the oracle"
+    eff = {r["configuration"]: r for r in res["efficiency"]}
+    full = eff["DHEN depth 2 (weighted_sum)"]
+    for s in singles:
+        assert eff[f"{s} (depth 2)"]["parameters"] < full["parameters"], s
+    assert eff["DHEN depth 1 (weighted_sum)"]["MFLOPs / impression"] < full["MFLOPs / impression"]
+    assert eff["DHEN depth 2 (concat)"]["MFLOPs / impression"] > full["MFLOPs / impression"]
+    kept = {r["fraction"] for r in res["fractions"]}
+    assert 1.0 in kept and len(kept) >= 2 and len(res["fractions"]) == 3 * len(kept), res["fractions"]
+    assert res["explorers"]["configuration"]["changes"], res["explorers"]
+
+
+BANDS["05_dhen_cvr"] = _bands_05_dhen_cvr
 def _bands_10_one_epoch(res):
     """One-epoch phenomenon and its taming: the curves are evaluated at quarter epochs up to their fixed
     budget; nothing beats its world's oracle logloss; the acceptance claims are recorded on the arms they
