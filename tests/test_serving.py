@@ -8,13 +8,12 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 import ctrlib
 from ctrlib import fit, predict, seed_everything
-from ctrlib.data import Categorical, CTRWorld, Schema, Sequence, TensorData, Vocab
+from ctrlib.data import Categorical, CTRWorld, Schema, Sequence, Vocab
 from ctrlib.models import DIN, DeepFM, TwoTower
 
 FIELDS = ["user_id", "age", "device", "item_id", "category", "hour"]
@@ -74,7 +73,8 @@ def test_bundle_predicts_bit_identically_in_a_fresh_process(raw_world, tmp_path)
         import numpy as np, pandas as pd, ctrlib
         rows = pd.read_pickle({str(tmp_path / 'rows.pkl')!r})
         for kind in ("deepfm", "din"):
-            np.save({str(tmp_path)!r} + f"/{{kind}}.npy", ctrlib.load({str(tmp_path)!r} + f"/{{kind}}.ctrlib").predict(rows))
+            bundle = ctrlib.load({str(tmp_path)!r} + f"/{{kind}}.ctrlib")
+            np.save({str(tmp_path)!r} + f"/{{kind}}.npy", bundle.predict(rows))
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-c", script], check=True, env=env, timeout=120)

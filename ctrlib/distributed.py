@@ -1,0 +1,191 @@
+"""Data-parallel training over several processes through the same :func:`ctrlib.fit`.
+
+Run a training script with ``torchrun --nproc_per_node 2 train.py`` (gloo on CPU, nccl on GPU);
+inside it, call :func:`init` once and train with :func:`fit` instead of ``ctrlib.fit``:
+
+>>> rank, world = ctrlib.distributed.init()
+>>> result = ctrlib.distributed.fit(model, train, valid, batch_size=1024)   # 1024 = the global batch
+
+What each process does, per step (data parallelism, as ``DistributedDataParallel``):
+
+* it reads its share of the global batch (:class:`ShardedData`, ``DistributedSampler``'s rule: every
+  process draws the same permutation of the rows, padded to a multiple of the world size, and
+  process r keeps positions r, r + W, r + 2W, ...; so the W shares of step k are exactly the
+  single-process batch k of the same seed and global batch size);
+* after ``backward`` the gradients are averaged across processes (:func:`average_gradients`):
+  dense ones in one flat all-reduce, sparse row gradients (``embedding_update="sparse"``, the
+  default: lazy Adam, i.e. ``torch.optim.SparseAdam``'s rule on the rows a step touches) as sparse
+  all-reduces, so a step ships the touched rows only, not whole tables;
+* every process takes the same optimiser step from the same weights (broadcast from rank 0 first).
+
+Validation is sharded too (:func:`sharded_metrics`): each process scores 1/W of the rows, the
+predictions are gathered, and every process computes the same metrics from all of them, so early
+stopping agrees everywhere; only rank 0 needs to report them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ctrlib import metrics as M
+from ctrlib.data.tensors import TensorData
+
+
+def init(backend: str | None = None) -> tuple[int, int]:
+    """Join the process group ``torchrun`` set up (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` in the
+    environment); ``backend`` None: nccl when CUDA is available, else gloo. Returns ``(rank, world)``;
+    ``(0, 1)`` outside ``torchrun``, so one script runs alone too."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1
+    dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process, ``(0, 1)`` when not distributed."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def shard_positions(n: int, rank: int, world_size: int, perm: torch.Tensor | None = None) -> torch.Tensor:
+    """``DistributedSampler``'s share: rows ``perm`` (default 0..n-1) padded with its first rows to a
+    multiple of ``world_size``, then every ``world_size``-th from ``rank``."""
+    perm = torch.arange(n) if perm is None else perm
+    padded = -(-n // world_size) * world_size
+    if padded > n:
+        perm = torch.cat([perm, perm[: padded - n]])
+    return perm[rank::world_size]
+
+
+class ShardedData(TensorData):
+    """This process's share of ``data``: ``batches(global_batch, shuffle, seed)`` yields its
+    ``global_batch / W`` rows of each global batch (see the module docstring), and the training
+    loop averages gradients across processes after each ``backward`` (``sync_gradients``)."""
+
+    def __init__(self, data: TensorData, rank: int, world_size: int):
+        super().__init__(data.tensors)
+        self.rank, self.world_size = rank, world_size
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int | None = None, keys=None):
+        if batch_size % self.world_size:
+            raise ValueError(f"the global batch size {batch_size} must be a multiple of the {self.world_size} "
+                             f"processes, so that every process reads the same number of rows per step")
+        perm = None
+        if shuffle:  # the permutation TensorData.batches draws for the same seed
+            perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(0 if seed is None else seed))
+        mine = shard_positions(len(self), self.rank, self.world_size, perm)
+        keys = list(self.tensors) if keys is None else list(keys)
+        tensors = {k: self.tensors[k][mine] for k in keys}
+        step = batch_size // self.world_size
+        for start in range(0, len(mine), step):
+            yield {k: v[start:start + step] for k, v in tensors.items()}
+
+    def num_batches(self, batch_size: int) -> int:
+        return -(-len(shard_positions(len(self), self.rank, self.world_size)) // (batch_size // self.world_size))
+
+    def sync_gradients(self, model: nn.Module) -> None:
+        average_gradients(model, self.world_size)
+
+
+def average_gradients(model: nn.Module, world_size: int) -> None:
+    """Average every parameter's gradient across the processes, in the parameters' fixed order (a
+    missing gradient counts as zero, so every process issues the same collectives)."""
+    dense = []
+    for p in model.parameters():
+        if p.grad is not None and p.grad.is_sparse:
+            grad = p.grad.coalesce()
+            dist.all_reduce(grad)              # gloo: the union of the touched rows, summed
+            p.grad = grad.coalesce() / world_size
+        elif p.requires_grad:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dense.append(p.grad)
+    if dense:
+        flat = torch.cat([g.reshape(-1) for g in dense])   # one all-reduce for all dense gradients
+        dist.all_reduce(flat)
+        flat /= world_size
+        for g, part in zip(dense, flat.split([g.numel() for g in dense])):
+            g.copy_(part.view_as(g))
+
+
+def broadcast_parameters(model: nn.Module) -> None:
+    """Every process starts from rank 0's weights (and buffers)."""
+    for t in model.state_dict().values():
+        if isinstance(t, torch.Tensor):
+            dist.broadcast(t, 0)
+
+
+def gather_rows(values: np.ndarray, n: int, rank: int, world_size: int) -> np.ndarray:
+    """Each process's ``values`` for its contiguous block of ``n`` rows (:func:`_block`), concatenated in
+    row order on every process."""
+    local = torch.from_numpy(np.ascontiguousarray(values))
+    size = -(-n // world_size)
+    padded = torch.zeros(size, *local.shape[1:], dtype=local.dtype)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: len(_block(n, r, world_size))] for r, part in enumerate(parts)]).numpy()
+
+
+def _block(n: int, rank: int, world_size: int) -> range:
+    size = -(-n // world_size)
+    return range(min(rank * size, n), min((rank + 1) * size, n))
+
+
+def sharded_metrics(valid: TensorData, metrics=("auc", "logloss"), group: str = "user_id",
+                    batch_size: int = 16_384):
+    """A ``valid`` callable for ``fit``: this process predicts its block of ``valid``'s rows, the
+    predictions are gathered, and every process computes ``metrics`` over all rows (the numbers
+    ``ctrlib.evaluate`` gives on one process)."""
+    from ctrlib.train import _label_names, predict
+
+    def score(model: nn.Module) -> dict[str, float]:
+        rank, world_size = world()
+        rows = _block(len(valid), rank, world_size)
+        label = _label_names(model)[0]
+        local = predict(model, valid.subset(torch.arange(rows.start, rows.stop)), batch_size) if len(rows) \
+            else np.zeros(0, np.float32)
+        p = gather_rows(local, len(valid), rank, world_size) if world_size > 1 else local
+        groups = valid[group].numpy() if "gauc" in metrics else None
+        return M.compute(valid[label].numpy(), p, groups, metrics)
+    return score
+
+
+def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None, config=None, **overrides):
+    """:func:`ctrlib.fit` on this process's share of ``train`` with gradients averaged across the
+    processes; ``batch_size`` is the global batch (``W`` x the rows each process reads per step).
+    Outside ``torchrun`` (one process) it is ``ctrlib.fit`` itself."""
+    from ctrlib.train import TrainConfig
+    from ctrlib.train import fit as fit_one
+    rank, world_size = world()
+    if world_size == 1:
+        return fit_one(model, train, valid, config, **overrides)
+    cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+    broadcast_parameters(model)
+    wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
+    score = sharded_metrics(valid, wanted, cfg.group, cfg.eval_batch_size) if valid is not None else None
+    return fit_one(model, ShardedData(train, rank, world_size), score, cfg)
+
+
+def launch(module: str, nprocs: int, *args: str, timeout: float = 600, threads: int = 1):
+    """Run ``python -m <module> args`` in ``nprocs`` local processes under ``torchrun`` (``--standalone``:
+    a free local port), each with ``threads`` intra-op threads; ``nprocs=0`` runs it once, without
+    ``torchrun``. Returns the ``CompletedProcess``; a failure raises with the processes' last output."""
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if nprocs:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nprocs}",
+               "-m", module, *args]
+    else:
+        cmd = [sys.executable, "-m", module, *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(cmd[2:])} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return done
