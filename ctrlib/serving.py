@@ -38,7 +38,7 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     never sees half a file, and a failed write leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp.", suffix=path.suffix)  # torch.export wants .pt2
     os.close(fd)
     try:
         write(tmp)
@@ -122,31 +122,36 @@ class Bundle:
     config: dict
 
     def encode(self, rows: pd.DataFrame) -> TensorData:
-        """Raw rows -> the model's tensors: every feature with a vocabulary is encoded with it (unseen
-        -> OOV, missing -> padding); sequences (lists of raw values) keep their last ``max_len``
-        values, left-padded with 0; other features are taken as they are. Labels may be absent."""
-        rows = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
-        missing = [f.name for f in self.schema.features if f.name not in rows.columns]
-        if missing:
-            raise KeyError(f"the rows lack features {missing} that the model reads; they have {list(rows.columns)}")
-        df = pd.DataFrame(index=rows.index)
-        for f in self.schema.features:
-            vocab = _vocab_for(f, self.vocabs) if isinstance(f, (Categorical, Sequence)) else None
-            col = rows[f.name]
-            if vocab is None:
-                df[f.name] = col
-            elif isinstance(f, Sequence):
-                df[f.name] = list(_encode_sequences(f, col, vocab))
-            else:
-                df[f.name] = vocab.encode(col.to_numpy())
-        for label in self.schema.labels:  # serving rows have no label; from_frame wants one column per label
-            df[label] = rows[label] if label in rows.columns else np.zeros(len(rows), np.float32)
-        return TensorData.from_frame(df, Schema(self.schema.features, self.schema.labels))
+        """Raw rows -> the model's tensors (:func:`encode_rows` with this bundle's vocabularies)."""
+        return encode_rows(rows, self.schema, self.vocabs)
 
     def predict(self, rows: pd.DataFrame, batch_size: int = 16_384):
         """Click probabilities of raw rows (see :meth:`encode`)."""
         from ctrlib.train import predict
         return predict(self.model, self.encode(rows), batch_size)
+
+
+def encode_rows(rows: pd.DataFrame, schema: Schema, vocabs: dict[str, Vocab]) -> TensorData:
+    """Raw rows -> tensors: every feature with a vocabulary is encoded with it (unseen -> OOV,
+    missing -> padding); a sequence (a list of raw values per row) keeps its last ``max_len``
+    values, left-padded with 0; other features are taken as they are. Labels may be absent."""
+    rows = pd.DataFrame(rows) if not isinstance(rows, pd.DataFrame) else rows
+    missing = [f.name for f in schema.features if f.name not in rows.columns]
+    if missing:
+        raise KeyError(f"the rows lack features {missing} that the model reads; they have {list(rows.columns)}")
+    df = pd.DataFrame(index=rows.index)
+    for f in schema.features:
+        vocab = _vocab_for(f, vocabs) if isinstance(f, (Categorical, Sequence)) else None
+        col = rows[f.name]
+        if vocab is None:
+            df[f.name] = col
+        elif isinstance(f, Sequence):
+            df[f.name] = list(_encode_sequences(f, col, vocab))
+        else:
+            df[f.name] = vocab.encode(col.to_numpy())
+    for label in schema.labels:  # serving rows have no label; from_frame wants one column per label
+        df[label] = rows[label] if label in rows.columns else np.zeros(len(rows), np.float32)
+    return TensorData.from_frame(df, Schema(schema.features, schema.labels))
 
 
 def _encode_sequences(f: Sequence, col: pd.Series, vocab: Vocab):

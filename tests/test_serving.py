@@ -15,6 +15,7 @@ import ctrlib
 from ctrlib import fit, predict, seed_everything
 from ctrlib.data import Categorical, CTRWorld, Schema, Sequence, Vocab
 from ctrlib.models import DIN, DeepFM, TwoTower
+from ctrlib.serving import encode_rows
 
 FIELDS = ["user_id", "age", "device", "item_id", "category", "hour"]
 ITEM = ["item_id", "category"]
@@ -51,8 +52,7 @@ def _trained(kind, schema, vocabs, train):
     cls = {"deepfm": DeepFM, "din": DIN, "two_tower": TwoTower}[kind]
     sub = schema if kind != "deepfm" else schema.select(*FIELDS)
     model = cls(sub, **config)
-    bundle = ctrlib.Bundle(model, sub, vocabs, config)
-    fit(model, bundle.encode(train), None, epochs=2, batch_size=256, lr=1e-2, progress=False)
+    fit(model, encode_rows(train, sub, vocabs), None, epochs=2, batch_size=256, lr=1e-2, progress=False)
     return model.eval(), sub, config
 
 
@@ -66,7 +66,7 @@ def test_bundle_predicts_bit_identically_in_a_fresh_process(raw_world, tmp_path)
     for kind in ("deepfm", "din"):
         model, sub, config = _trained(kind, schema, vocabs, train)
         ctrlib.save(tmp_path / f"{kind}.ctrlib", model, sub, vocabs, config)
-        encoded = ctrlib.Bundle(model, sub, vocabs, config).encode(rows)
+        encoded = encode_rows(rows, sub, vocabs)
         assert (encoded["user_id"][:5] == vocabs["user_id"].oov).all()
         expected[kind] = predict(model, encoded)
     script = textwrap.dedent(f"""
@@ -131,7 +131,7 @@ def test_bundles_load_with_weights_only_and_are_written_atomically(raw_world, tm
 def test_two_tower_vectors_equal_the_full_forward(raw_world):
     schema, vocabs, train, test = raw_world
     model, sub, config = _trained("two_tower", schema, vocabs, train)
-    batch = ctrlib.Bundle(model, sub, vocabs, config).encode(test).tensors
+    batch = encode_rows(test, sub, vocabs).tensors
     with torch.no_grad():
         user = model.user_vector({k: batch[k] for k in model.user_features})
         item = model.item_vector({k: batch[k] for k in model.item_features})
@@ -147,7 +147,7 @@ def test_exports_match_eager_at_any_batch_size(raw_world, tmp_path, kind, fmt):
         pytest.importorskip("onnxruntime")
     schema, vocabs, train, test = raw_world
     model, sub, config = _trained(kind, schema, vocabs, train)
-    batch = ctrlib.Bundle(model, sub, vocabs, config).encode(test).tensors
+    batch = encode_rows(test, sub, vocabs).tensors
     example = {k: v[:16] for k, v in batch.items()}
     if kind == "two_tower":
         results = ctrlib.export_towers(model, example, tmp_path, format=fmt)
@@ -170,7 +170,7 @@ def test_exports_match_eager_at_any_batch_size(raw_world, tmp_path, kind, fmt):
 def test_exported_artefacts_check_their_inputs(raw_world, tmp_path):
     schema, vocabs, train, test = raw_world
     model, sub, config = _trained("deepfm", schema, vocabs, train)
-    batch = ctrlib.Bundle(model, sub, vocabs, config).encode(test).tensors
+    batch = encode_rows(test, sub, vocabs).tensors
     served = ctrlib.load_exported(ctrlib.export(model, batch, tmp_path / "m.pt2", format="torch").path)
     with pytest.raises(IndexError, match="'item_id'"):
         served({**batch, "item_id": batch["item_id"] + 1000})

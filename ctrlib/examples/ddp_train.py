@@ -29,11 +29,12 @@ def main(argv=None) -> None:
     ap.add_argument("--patience", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--embedding-update", default="sparse", choices=("sparse", "dense"))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="initial weights and batch order")
+    ap.add_argument("--world-seed", type=int, default=0, help="the simulated world and its sample")
     args = ap.parse_args(argv)
 
     rank, world_size = distributed.init()
-    world = CTRWorld(seed=args.seed, n_users=args.users, n_items=args.items)
+    world = CTRWorld(seed=args.world_seed, n_users=args.users, n_items=args.items)
     schema = world.schema()
     train, valid, test = (TensorData.from_frame(d, schema) for d in split_by_time(world.sample(args.rows, seed=0)))
     ctrlib.seed_everything(args.seed)  # the same initial weights on every process
@@ -49,7 +50,8 @@ def main(argv=None) -> None:
         out.write_text(json.dumps({
             "world_size": world_size, "train_seconds": result.train_seconds, "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason, "history": result.history.to_dict("list"), "test": metrics,
-            "train_rows": len(train), "global_batch": args.batch}, indent=1))
+            "train_rows": len(train), "global_batch": args.batch, "seed": args.seed,
+            "embedding_update": args.embedding_update}, indent=1))
 
 
 if __name__ == "__main__":
