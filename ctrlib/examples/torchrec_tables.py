@@ -111,7 +111,8 @@ def main(argv=None) -> None:
                   for module_plan in plan.plan.values() for name, s in module_plan.items()}
         Path(args.out).write_text(json.dumps({
             "world_size": world_size, "plan": placed, "train_loss": losses,
-            "test_auc": metrics.compute(test["label"].numpy(), p, None, ("auc",))["auc"],
+            **{f"test_{k}": v for k, v in metrics.compute(test["label"].numpy(), p, None,
+                                                          ("auc", "logloss")).items()},
             "test_rows": len(test), "rows_per_table": sizes}, indent=1))
     dist.barrier()
     dist.destroy_process_group()
