@@ -12,10 +12,10 @@ What each process does, per step (data parallelism, as ``DistributedDataParallel
   process draws the same permutation of the rows, padded to a multiple of the world size, and
   process r keeps positions r, r + W, r + 2W, ...; so the W shares of step k are exactly the
   single-process batch k of the same seed and global batch size);
-* after ``backward`` the gradients are averaged across processes (:func:`average_gradients`):
-  dense ones in one flat all-reduce, sparse row gradients (``embedding_update="sparse"``, the
-  default: lazy Adam, i.e. ``torch.optim.SparseAdam``'s rule on the rows a step touches) as sparse
-  all-reduces, so a step ships the touched rows only, not whole tables;
+* after ``backward`` the gradients are averaged across processes (:func:`average_gradients`, three
+  collectives per step): the dense ones whole, the sparse row gradients of the tables
+  (``embedding_update="sparse"``, the default: lazy Adam, i.e. ``torch.optim.SparseAdam``'s rule on
+  the rows a step touches) as their touched rows only, not whole tables;
 * every process takes the same optimiser step from the same weights (broadcast from rank 0 first).
 
 Validation is sharded too (:func:`sharded_metrics`): each process scores 1/W of the rows, the
@@ -34,6 +34,7 @@ from torch import nn
 
 from ctrlib import metrics as M
 from ctrlib.data.tensors import TensorData
+from ctrlib.optim import sum_duplicate_rows
 
 
 def init(backend: str | None = None) -> tuple[int, int]:
@@ -94,24 +95,54 @@ class ShardedData(TensorData):
 
 
 def average_gradients(model: nn.Module, world_size: int) -> None:
-    """Average every parameter's gradient across the processes, in the parameters' fixed order (a
-    missing gradient counts as zero, so every process issues the same collectives)."""
-    dense = []
+    """Average every parameter's gradient across the processes, in three collectives per step
+    whatever the number of tensors (each one is a synchronisation, the cost that dominates on a
+    busy machine): the sizes of the sparse row gradients, then one all-gather of a float buffer
+    (every dense gradient, then every sparse gradient's row values) and one of the row numbers.
+    Each process sums what it gathered in rank order, so all hold the same average. A missing
+    dense gradient counts as zero, so every process sends the same layout."""
+    dense, sparse = [], []
     for p in model.parameters():
         if p.grad is not None and p.grad.is_sparse:
-            grad = p.grad.coalesce()
-            dist.all_reduce(grad)              # gloo: the union of the touched rows, summed
-            p.grad = grad.coalesce() / world_size
+            sparse.append((p, p.grad.coalesce()))
         elif p.requires_grad:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dense.append(p.grad)
-    if dense:
-        flat = torch.cat([g.reshape(-1) for g in dense])   # one all-reduce for all dense gradients
-        dist.all_reduce(flat)
-        flat /= world_size
-        for g, part in zip(dense, flat.split([g.numel() for g in dense])):
-            g.copy_(part.view_as(g))
+    nnz = torch.tensor([g._nnz() for _, g in sparse], dtype=torch.long)           # [S]
+    sizes = [torch.empty_like(nnz) for _ in range(world_size)]
+    if sparse:
+        dist.all_gather(sizes, nnz)
+    width = [p.shape[1] for p, _ in sparse]
+    n_dense = sum(g.numel() for g in dense)
+    longest = max(int(sum(int(k) * w for k, w in zip(size, width))) for size in sizes) if sparse else 0
+    values = torch.zeros(n_dense + longest)
+    values[:n_dense] = torch.cat([g.reshape(-1) for g in dense]) if dense else values[:0]
+    rows = torch.zeros(max(int(size.sum()) for size in sizes) if sparse else 0, dtype=torch.long)
+    at, row_at = n_dense, 0
+    for _, g in sparse:
+        v = g._values().reshape(-1)
+        values[at:at + len(v)], at = v, at + len(v)
+        rows[row_at:row_at + g._nnz()], row_at = g._indices()[0], row_at + g._nnz()
+    gathered = [torch.empty_like(values) for _ in range(world_size)]
+    dist.all_gather(gathered, values)
+    total = torch.stack([g[:n_dense] for g in gathered]).sum(0) / world_size      # dense: rank order
+    for g, part in zip(dense, total.split([g.numel() for g in dense])):
+        g.copy_(part.view_as(g))
+    if not sparse:
+        return
+    all_rows = [torch.empty_like(rows) for _ in range(world_size)]
+    dist.all_gather(all_rows, rows)
+    for j, (p, _) in enumerate(sparse):
+        ids, vals = [], []
+        for r in range(world_size):
+            k = [int(x) for x in sizes[r]]
+            v_at = n_dense + sum(k[i] * width[i] for i in range(j))
+            r_at = sum(k[:j])
+            ids.append(all_rows[r][r_at:r_at + k[j]])
+            vals.append(gathered[r][v_at:v_at + k[j] * width[j]].view(k[j], width[j]))
+        summed = torch.sparse_coo_tensor(torch.cat(ids).unsqueeze(0), torch.cat(vals), p.shape)
+        p.grad = sum_duplicate_rows(summed) / world_size    # the union of the touched rows, summed
 
 
 def broadcast_parameters(model: nn.Module) -> None:

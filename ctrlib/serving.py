@@ -38,7 +38,8 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     never sees half a file, and a failed write leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp.", suffix=path.suffix)  # torch.export wants .pt2
+    # the temp name keeps the suffix: torch.export.save wants a name ending in .pt2
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp.", suffix=path.suffix)
     os.close(fd)
     try:
         write(tmp)
