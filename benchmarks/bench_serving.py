@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -67,6 +68,15 @@ def models_and_data():
 
 def load1() -> float:
     return os.getloadavg()[0]
+
+
+def markdown(result: dict) -> str:
+    """The README table: per model and B, each arm's p50 / p95 (ms) and its p50 ratio to eager."""
+    lines = ["| model | B | arm | p50 ms | p95 ms | p50 / eager (median of rounds) |", "|---|---|---|---|---|---|"]
+    for r in result["results"]:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['arm']} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | "
+                     f"{r['p50_vs_eager']:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -127,6 +137,7 @@ def main() -> None:
     result["onnxruntime"] = onnxruntime.__version__
     line = json.dumps(result)
     print(line)
+    print(markdown(result), file=sys.stderr)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

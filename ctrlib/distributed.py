@@ -45,8 +45,16 @@ def init(backend: str | None = None) -> tuple[int, int]:
         return dist.get_rank(), dist.get_world_size()
     if "WORLD_SIZE" not in os.environ:
         return 0, 1
-    dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if backend == "nccl":  # one GPU per process
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(backend)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _comm_device() -> torch.device:
+    """Where collectives run: nccl moves CUDA tensors only, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 def world() -> tuple[int, int]:
@@ -109,16 +117,18 @@ def average_gradients(model: nn.Module, world_size: int) -> None:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             dense.append(p.grad)
-    nnz = torch.tensor([g._nnz() for _, g in sparse], dtype=torch.long)           # [S]
+    dev = _comm_device()
+    nnz = torch.tensor([g._nnz() for _, g in sparse], dtype=torch.long, device=dev)  # [S]
     sizes = [torch.empty_like(nnz) for _ in range(world_size)]
     if sparse:
         dist.all_gather(sizes, nnz)
     width = [p.shape[1] for p, _ in sparse]
     n_dense = sum(g.numel() for g in dense)
     longest = max(int(sum(int(k) * w for k, w in zip(size, width))) for size in sizes) if sparse else 0
-    values = torch.zeros(n_dense + longest)
-    values[:n_dense] = torch.cat([g.reshape(-1) for g in dense]) if dense else values[:0]
-    rows = torch.zeros(max(int(size.sum()) for size in sizes) if sparse else 0, dtype=torch.long)
+    values = torch.zeros(n_dense + longest, device=dev)
+    if dense:
+        values[:n_dense] = torch.cat([g.reshape(-1) for g in dense])
+    rows = torch.zeros(max(int(size.sum()) for size in sizes) if sparse else 0, dtype=torch.long, device=dev)
     at, row_at = n_dense, 0
     for _, g in sparse:
         v = g._values().reshape(-1)
@@ -128,7 +138,7 @@ def average_gradients(model: nn.Module, world_size: int) -> None:
     dist.all_gather(gathered, values)
     total = torch.stack([g[:n_dense] for g in gathered]).sum(0) / world_size      # dense: rank order
     for g, part in zip(dense, total.split([g.numel() for g in dense])):
-        g.copy_(part.view_as(g))
+        g.copy_(part.view_as(g))  # copy_ moves it back to the gradient's device
     if not sparse:
         return
     all_rows = [torch.empty_like(rows) for _ in range(world_size)]
@@ -141,15 +151,19 @@ def average_gradients(model: nn.Module, world_size: int) -> None:
             r_at = sum(k[:j])
             ids.append(all_rows[r][r_at:r_at + k[j]])
             vals.append(gathered[r][v_at:v_at + k[j] * width[j]].view(k[j], width[j]))
-        summed = torch.sparse_coo_tensor(torch.cat(ids).unsqueeze(0), torch.cat(vals), p.shape)
+        summed = torch.sparse_coo_tensor(torch.cat(ids).unsqueeze(0), torch.cat(vals), p.shape,
+                                         check_invariants=False).to(p.device)
         p.grad = sum_duplicate_rows(summed) / world_size    # the union of the touched rows, summed
 
 
 def broadcast_parameters(model: nn.Module) -> None:
     """Every process starts from rank 0's weights (and buffers)."""
+    dev = _comm_device()
     for t in model.state_dict().values():
         if isinstance(t, torch.Tensor):
-            dist.broadcast(t, 0)
+            sent = t.to(dev)
+            dist.broadcast(sent, 0)
+            t.copy_(sent)
 
 
 def gather_rows(values: np.ndarray, n: int, rank: int, world_size: int) -> np.ndarray:
@@ -157,11 +171,11 @@ def gather_rows(values: np.ndarray, n: int, rank: int, world_size: int) -> np.nd
     row order on every process."""
     local = torch.from_numpy(np.ascontiguousarray(values))
     size = -(-n // world_size)
-    padded = torch.zeros(size, *local.shape[1:], dtype=local.dtype)
+    padded = torch.zeros(size, *local.shape[1:], dtype=local.dtype, device=_comm_device())
     padded[: len(local)] = local
     parts = [torch.empty_like(padded) for _ in range(world_size)]
     dist.all_gather(parts, padded)
-    return torch.cat([part[: len(_block(n, r, world_size))] for r, part in enumerate(parts)]).numpy()
+    return torch.cat([part[: len(_block(n, r, world_size))] for r, part in enumerate(parts)]).cpu().numpy()
 
 
 def _block(n: int, rank: int, world_size: int) -> range:
