@@ -52,7 +52,7 @@ def parse_args():
 
 
 def models_and_data():
-    """name -> (the model, the function a request runs, the batch dict of its inputs)."""
+    """name -> (the model, the function a request runs, the batch dict of its inputs, every feature)."""
     world = CTRWorld(seed=0, history_len=50)
     schema = world.schema(extras=())
     data = TensorData.from_frame(world.sample(4096, seed=0), schema).tensors
@@ -61,9 +61,10 @@ def models_and_data():
     deepfm = DeepFM(fields, 10, (400, 400, 400)).eval()
     din = DIN(schema, 16, (200, 80)).eval()
     tower = TwoTower(schema, 16, (128,), 32, item_features=ITEM).eval()
-    return {"deepfm": (deepfm, deepfm, {f.name: data[f.name] for f in fields.features}),
-            "din": (din, din, {f.name: data[f.name] for f in schema.features}),
-            "two_tower": (tower, tower.user_vector, {n: data[n] for n in tower.user_features})}
+    every = {f.name: data[f.name] for f in schema.features}
+    return {"deepfm": (deepfm, deepfm, {f.name: data[f.name] for f in fields.features}, every),
+            "din": (din, din, every, every),
+            "two_tower": (tower, tower.user_vector, {n: data[n] for n in tower.user_features}, every)}
 
 
 def load1() -> float:
@@ -85,10 +86,10 @@ def main() -> None:
     start_load = load1()
     results, checks = [], {}
     tmp = tempfile.mkdtemp(prefix="bench_serving_")
-    for name, (model, module, data) in models_and_data().items():
+    for name, (model, module, data, every) in models_and_data().items():
         if name not in args.models:
             continue
-        example = {k: v[:64] for k, v in data.items()}
+        example = {k: v[:64] for k, v in every.items()}
         if name == "two_tower":
             path = ctrlib.export_towers(model, example, tmp, "onnx", atol=1e-4)["user"].path
         else:
