@@ -214,7 +214,8 @@ def fit(model: nn.Module, train: TensorData, valid: TensorData | None = None, co
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     broadcast_parameters(model)
     wanted = ("auc", "logloss", "gauc") if cfg.monitor == "gauc" else ("auc", "logloss")
-    score = sharded_metrics(valid, wanted, cfg.group, cfg.eval_batch_size) if valid is not None else None
+    score = valid if valid is None or callable(valid) else sharded_metrics(valid, wanted, cfg.group,
+                                                                           cfg.eval_batch_size)
     return fit_one(model, ShardedData(train, rank, world_size), score, cfg)
 
 
