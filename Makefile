@@ -32,6 +32,7 @@ $(PY):
 $(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip "setuptools>=77"
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ctrlib)"
 	touch $(STAMP)

@@ -124,6 +124,8 @@ class FeatureEmbedding(nn.Module):
         """Every id in ``[0, vocab_size)`` of its own feature, so it can never reach another table's
         rows. ``ids`` ``[N, len(names)]``, ``sizes`` an int or ``[len(names)]``. Two passes over the
         ids and one sync per call (cost: benchmarks/bench_id_bounds.py)."""
+        if torch.compiler.is_compiling():  # export / compile: a data-dependent branch cannot be traced;
+            return                          # ctrlib.serving checks the ids of what an artefact is fed
         if ids.numel() and bool((ids.min() < 0) | (ids >= sizes).any()):
             bad = (ids < 0) | (ids >= sizes)  # [N, F]
             j = int(bad.any(0).nonzero()[0])

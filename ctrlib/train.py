@@ -511,6 +511,7 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
     rows, train_seconds = [], 0.0
     stop_reason = "epoch cap" if valid is not None else "no validation"
     log = _log_epochs(cfg.progress)
+    sync = getattr(train, "sync_gradients", None)  # ctrlib.distributed.ShardedData: average across processes
 
     from tqdm.auto import tqdm
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not _show_progress(cfg.progress), leave=False)
@@ -544,6 +545,8 @@ def _train(model: nn.Module, train: TensorData, valid, cfg: TrainConfig, labels:
                         f"grad_clip, or look for huge values among the numeric features")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if sync is not None:
+                    sync(model)
                 penalty = prepare_table_grads(row_tables, batch_l2, dense=not sparse)  # + the batch-rows L2's gradient
                 _drop_frozen_rows(frozen_rows)
                 if cfg.grad_clip:
