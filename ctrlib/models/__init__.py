@@ -29,6 +29,7 @@ from ctrlib.models.dcn import DCN
 from ctrlib.models.deepfm import DeepFM
 from ctrlib.models.dfgr import GenerativeRanker
 from ctrlib.models.dien import DIEN
+from ctrlib.models.diff_msin import DiffMSIN
 from ctrlib.models.din import DIN
 from ctrlib.models.dlrm import DLRM
 from ctrlib.models.fm import FM
@@ -38,6 +39,6 @@ from ctrlib.models.tlsi import TLSI
 from ctrlib.models.two_tower import TwoTower
 
 MODELS = ("LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "ConditionInMLP", "TwoTower", "DIN", "DIEN",
-          "GenerativeRanker", "TLSI")
+          "GenerativeRanker", "TLSI", "DiffMSIN")
 LAYERS = ("APGLinear", "APGMLP", "HSTUBlock")
 __all__ = [*MODELS, *LAYERS]
