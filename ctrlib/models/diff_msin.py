@@ -97,7 +97,8 @@ class SRC(nn.Module):
         if steps < 0:
             raise ValueError(f"steps (T) must be >= 0, got {steps}")
         self.steps, self.noise_at_eval = steps, noise_at_eval
-        alpha, coef = reverse_coefficients(steps, released_reverse_index) if steps else (torch.ones(0, dtype=torch.float64),) * 2
+        empty = torch.ones(0, dtype=torch.float64)
+        alpha, coef = reverse_coefficients(steps, released_reverse_index) if steps else (empty, empty)
         self.register_buffer("alpha", alpha, persistent=False)
         self.register_buffer("coef", coef, persistent=False)
         pairs = [(n, m) for m in range(channels) for n in range(channels) if n != m]    # n -> m
@@ -158,7 +159,8 @@ class DiffMSIN(nn.Module):
         if not modal_tables:
             raise ValueError("modal_tables is empty: give at least one modality, e.g. {'text': [items, D_text]}")
         if released_channels and len(modal_tables) != 2:
-            raise ValueError(f"released_channels shuffles exactly two modalities (text, image), got {list(modal_tables)}")
+            raise ValueError(f"released_channels shuffles exactly two modalities (text, image), "
+                             f"got {list(modal_tables)}")
         self.schema, self.fusion, self.fdaf = schema, fusion, fdaf
         self.decouple_weight, self.synergy_weight = decouple_weight, synergy_weight
         self.released_channels, self.released_synergy_sign = released_channels, released_synergy_sign
