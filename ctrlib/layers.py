@@ -109,6 +109,13 @@ class FeatureEmbedding(nn.Module):
         self.check_ids((feature,), ids.reshape(-1, 1), f.vocab_size)
         return self.rows(ids + self.table_offsets[f.table])
 
+    def table_weight(self, table: str) -> torch.Tensor:
+        """The rows of one embedding table (a view of ``weight``): ``[vocab_size, D]``, row = id."""
+        if table not in self.table_offsets:
+            raise KeyError(f"no embedding table {table!r}; the tables are {list(self.table_offsets)}")
+        start = self.table_offsets[table]
+        return self.weight[start:start + self.schema.tables[table]]
+
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]`` (see :func:`lookup_rows`)."""
         return lookup_rows(self.weight, ids)

@@ -58,15 +58,18 @@ def calibration_table(y, p, n_bins: int = 10) -> pd.DataFrame:
 
 
 def compute(y, p, groups=None, metrics=("auc", "logloss")) -> dict[str, float]:
-    """The named metrics of predictions ``p`` for labels ``y`` (``gauc`` needs ``groups``)."""
+    """The named metrics of predictions ``p`` for labels ``y`` (``gauc`` needs ``groups``). Names are
+    case-insensitive (``"AUC"``, ``"logloss"``); the keys returned are lower case."""
     fns = {"auc": lambda: auc(y, p), "logloss": lambda: logloss(y, p),
            "calibration": lambda: calibration(y, p)}
     out = {}
     for m in (metrics,) if isinstance(metrics, str) else metrics:
+        m = m.lower() if isinstance(m, str) else m
         C.choice("metric", m, METRICS)
         if m == "gauc":
             if groups is None:
-                raise ValueError("gauc needs groups (e.g. the user ids)")
+                raise ValueError("gauc is the AUC within each group (e.g. each user), so it needs groups=: "
+                                 "pass the group ids (e.g. the user ids), or drop 'gauc' from the metrics")
             out[m] = gauc(y, p, groups)
         else:
             out[m] = fns[m]()

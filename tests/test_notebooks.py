@@ -229,6 +229,66 @@ def _bands_07_diff_msin(res):
 BANDS["07_diff_msin"] = _bands_07_diff_msin
 
 
+def _bands_10_one_epoch(res):
+    """One-epoch phenomenon and its taming: the curves are evaluated at quarter epochs up to their fixed
+    budget; nothing beats its world's oracle logloss; the acceptance claims are recorded on the arms they
+    name, the curve claims with their fixed budget and epoch-cap runs, the taming claims over early-stopped
+    runs; stage 1 learns; the explorer's controls change its figure."""
+    for name, m in res["curve_models"].items():
+        epochs = m["history_epochs"]
+        top = round(epochs[-1])
+        assert len(epochs) == 4 * top and top >= 2 and all(b > a for a, b in zip(epochs, epochs[1:])), (name, epochs)
+        assert [e for e in epochs if e == int(e)] == list(range(1, top + 1)), (name, epochs)
+        assert m["logloss_at_1"] > res["oracle_a"]["logloss"] and m["auc_at_1"] < res["oracle_a"]["auc"], (name, m)
+    for name, m in res["models"].items():
+        oracle = res["oracle"] if "(peak)" in name else res["oracle_a"]
+        assert m["logloss"] > oracle["logloss"], f"{name}: logloss {m['logloss']:.4f} beats its oracle's"
+    assert {n for n in res["models"] if "(peak)" in n} == {
+        f"{n} (peak)" for n in ("scratch", "frozen", "fine-tuned, low lr", "fine-tuned, same lr")}
+    by_arms = {tuple(c["arms"]): c for c in res["claims"]}
+    for arms in [("DNN @ epoch 1", "DNN @ epoch 1.25"), ("LR @ epoch 1", "LR @ epoch 1.25"),
+                 ("epoch-1 state", "MLP only, +1 epoch")]:
+        c = by_arms[arms]
+        assert c["headline"] and c["fixed_budget"], c
+        assert {r for runs in c["evidence"]["stopped_by"].values() for r in runs} == {"epoch cap"}, c
+    for treated in ("fine-tuned, low lr", "frozen"):
+        peak_drop = [c for c in res["claims"] if tuple(c["arms"]) == ("scratch", treated)]
+        assert len(peak_drop) == 2 and all(c["headline"] and "fixed_budget" not in c for c in peak_drop)
+    recall = res["stage1_recall"]
+    assert all(r[-1] > r[0] and all(0 <= v <= 1 for v in r) for r in recall.values()), recall
+    assert res["explorers"]["factor grid"]["changes"], res["explorers"]
+
+
+BANDS["10_one_epoch"] = _bands_10_one_epoch
+
+
+def _bands_11_leaderboard(res):
+    """The leaderboard: every impression model on all three datasets, with its costs; no model beats
+    its simulated world's oracle logloss; every impression model of ctrlib.models is on the board;
+    the claims compare the arms the chapter names."""
+    rows = res["leaderboard"]
+    datasets = {"default world": res["default_oracle"], "multi-interest world": res["oracle"],
+                "MovieLens-100K": None}
+    models = {r["model"] for r in rows}
+    assert len(models) >= 13, sorted(models)
+    assert {(r["dataset"], r["model"]) for r in rows} == {(d, m) for d in datasets for m in models}
+    assert res["not_on_board"] == [], f"impression models missing from the leaderboard: {res['not_on_board']}"
+    for r in rows:
+        oracle = datasets[r["dataset"]]
+        if oracle:
+            assert r["logloss"] > oracle["logloss"], f"{r['dataset']} {r['model']} beats the oracle: {r}"
+            assert r["auc_gap"] == pytest.approx(r["auc"] - oracle["auc"])
+        assert r["params"] > 0 and r["train_samples_per_s"] > 0 and r["latency_ms_1024"] > 0, r
+        assert r["seeds"] >= 1 and r["stopped_by"], r
+    params = {r["model"]: r["params"] for r in rows if r["dataset"] == "multi-interest world"}
+    assert params["LR"] < params["FM"] < params["DeepFM"]   # LR: one weight per id; FM adds k per id
+    compared = {tuple(c["arms"]) for c in res["claims"]}
+    assert {("LR", "DeepFM"), ("mean pooling", "DIN")} <= compared, compared
+
+
+BANDS["11_leaderboard"] = _bands_11_leaderboard
+
+
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=[nb.stem for nb in NOTEBOOKS])
 def test_claims_follow_the_protocol(book_results, nb):
     """Every chapter records its claims; each verdict is the one the rule gives from its evidence

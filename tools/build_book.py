@@ -32,7 +32,7 @@ import yaml
 from ctrlib.book import quick_from_env
 
 ROOT = Path(__file__).resolve().parents[1]
-CELL_TIMEOUT_S = 1200
+CELL_TIMEOUT_S = int(os.environ.get("CTRLIB_CELL_TIMEOUT", "1200"))  # seconds per cell (raise it on a busy machine)
 KERNEL = "python3"
 
 

@@ -20,11 +20,15 @@ Parameters: every embedding table is a :class:`ctrlib.layers.FeatureEmbedding` o
 :class:`ctrlib.layers.EmbeddingTable` (never a bare ``nn.Embedding``), so :func:`ctrlib.train.fit`
 gives every table ``embedding_l2`` and no weight decay, and every other parameter weight decay.
 
+Pre-training models (``PRETRAINING``): self-supervised stage-1 models with no label, such as
+:class:`ContrastiveID`, which ``fit`` trains on its own ``aux_loss`` (``self_supervised = True``).
+
 Layers, not models (they take widths, not a schema): :class:`APGLinear` and :class:`APGMLP`
 (APG's generated layers) and :class:`HSTUBlock` (the block the generative rankers stack); they
 live in their model's file because only that model family uses them.
 """
 from ctrlib.models.apg import APG, APGLinear, APGMLP, ConditionInMLP
+from ctrlib.models.contrastive_id import ContrastiveID
 from ctrlib.models.dcn import DCN
 from ctrlib.models.deepfm import DeepFM
 from ctrlib.models.dfgr import GenerativeRanker
@@ -41,4 +45,5 @@ from ctrlib.models.two_tower import TwoTower
 MODELS = ("LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "ConditionInMLP", "TwoTower", "DIN", "DIEN",
           "GenerativeRanker", "TLSI", "DiffMSIN")
 LAYERS = ("APGLinear", "APGMLP", "HSTUBlock")
-__all__ = [*MODELS, *LAYERS]
+PRETRAINING = ("ContrastiveID",)  # self-supervised stage-1 models: no label, trained on id pairs
+__all__ = [*MODELS, *LAYERS, *PRETRAINING]

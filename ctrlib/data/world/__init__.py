@@ -10,6 +10,7 @@ module                      knob (``WorldConfig``)                    oracle ter
 :mod:`.scenarios`           ``scenario_groups``                       ``scenario``         APG
 :mod:`.time_patterns`       ``time_interests``, ``time_events``       ``time``             Time Matters
 :mod:`.actions`             ``action_types``                          (own sequences)      DFGR / HSTU
+:mod:`.long_tail`           ``LongTailConfig`` (own world)            ``true_p`` (Bayes)   one-epoch
 ==========================  ========================================  ==================  ============
 
 Every knob draws from its own random generator, so switching one on leaves the default world's
