@@ -35,6 +35,7 @@ from ctrlib.models.deepfm import DeepFM
 from ctrlib.models.dfgr import GenerativeRanker
 from ctrlib.models.dhen import DHEN, DHENLayer
 from ctrlib.models.dien import DIEN
+from ctrlib.models.diff_msin import DiffMSIN
 from ctrlib.models.din import DIN
 from ctrlib.models.dlrm import DLRM
 from ctrlib.models.fm import FM
@@ -46,7 +47,7 @@ from ctrlib.models.tlsi import TLSI
 from ctrlib.models.two_tower import TwoTower
 
 MODELS = ("LogisticRegression", "FM", "DeepFM", "DCN", "DLRM", "APG", "ConditionInMLP", "TwoTower", "DIN", "DIEN",
-          "GenerativeRanker", "TLSI", "DHEN", "MMoE", "PLE")
+          "GenerativeRanker", "TLSI", "DHEN", "MMoE", "PLE", "DiffMSIN")
 LAYERS = ("APGLinear", "APGMLP", "HSTUBlock", "DHENLayer")
 PRETRAINING = ("ContrastiveID",)  # self-supervised stage-1 models: no label, trained on id pairs
 __all__ = [*MODELS, *LAYERS, *PRETRAINING]
