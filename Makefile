@@ -14,6 +14,13 @@ STAMP  := $(VENV)/.installed
 export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
+# CPU-only torch (no CUDA libraries): make book TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# An extra index for pip when .venv is installed; unset, torch comes from PyPI (CUDA build on Linux).
+TORCH_INDEX ?=
+ifneq ($(strip $(TORCH_INDEX)),)
+export PIP_EXTRA_INDEX_URL := $(TORCH_INDEX)
+endif
+
 .PHONY: book test bench claims clean distclean venv
 
 venv: $(STAMP)
@@ -25,6 +32,7 @@ $(PY):
 $(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip "setuptools>=77"
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
 	$(PY) -m pip install --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ctrlib)"
 	touch $(STAMP)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark of benchmarks/README.md, one process at a time (never two at once).
-#   bash benchmarks/run.sh [all|trainer|idbounds|flops|peers|quality|din|tables|sparse-quality]
+#   bash benchmarks/run.sh [all|trainer|idbounds|flops|peers|quality|din|tables|sparse-quality|contention|serving]
 # Environment knobs (defaults are what the README tables used):
 #   BENCH_OUT (_build/bench)  results: *.json / *.jsonl, stderr logs, the exported CSVs
 #   BENCH_ROWS (250000)       simulator rows exported for the peer comparison (80/10/10 by time)
@@ -44,6 +44,12 @@ if want flops; then
     "$PY" benchmarks/bench_flops.py --precision "$precision" --threads "$THREADS" --blocks 5 --steps 5 \
       --out "$OUT/flops.jsonl" 2>>"$OUT/stderr.log"
   done
+fi
+
+if want serving; then  # issue 19: serving latency, eager vs onnxruntime vs torch.compile, one thread
+  log "serving latency (B = 1 and 512)"
+  "$PY" benchmarks/bench_serving.py --threads 1 --reps 5 --calls 200 --out "$OUT/serving.json" \
+    2>>"$OUT/stderr.log" >/dev/null
 fi
 
 if want sparse-quality; then  # issue 20: the sparse default vs the dense path, test AUC over 3 seeds
@@ -112,6 +118,12 @@ if want peers || want quality || want din || want tables; then
     ctrlib_din din-quality.jsonl --epochs 30
     deepctr_din din-quality.jsonl --epochs 30
   fi
+fi
+
+if want contention; then  # issue 21: a chapter (QUICK) alone and beside one busy process, before/after
+  log "chapter execution alone and beside one competing process, OpenMP default vs build_book's"
+  "$PY" benchmarks/bench_contention.py --chapter "${BENCH_CONTENTION_CHAPTER:-01_ctr_world}" \
+    --repeats "${BENCH_CONTENTION_REPS:-3}" --out "$OUT/contention.jsonl" 2>>"$OUT/contention.log"
 fi
 
 "$PY" benchmarks/summarize.py "$OUT"

@@ -198,6 +198,24 @@ def fixed_arm(name: str, predictions, labels, seeds, metrics=("auc", "logloss"),
     return Arm(name, [Run(s, dict(scores), p, None) for s in seeds], y, g)
 
 
+def checkpoint_arm(name: str, labels, runs, groups=None, metrics=("auc", "logloss")) -> Arm:
+    """An arm made of predictions saved along training (a checkpoint of each seed's curve, e.g. the
+    test predictions at epoch 1.25): ``runs`` is a list of ``(seed, predictions, fit_result)``, all
+    scored on the test set ``labels``. The runs keep their fit's stop reason."""
+    y = np.asarray(labels)
+    g = None if groups is None else np.asarray(groups)
+    out = []
+    for seed, p, result in runs:
+        p = np.asarray(p, dtype=np.float64)
+        if p.shape != y.shape:
+            raise ValueError(f"arm {name!r}, seed {seed}: predictions {p.shape} but labels {y.shape}")
+        wanted = tuple(m for m in metrics if m != "gauc" or g is not None)
+        out.append(Run(seed, M.compute(y, p, g, wanted), p, result))
+    if not out:
+        raise ValueError(f"arm {name!r}: no runs")
+    return Arm(name, out, y, g)
+
+
 def restrict(arm: Arm, rows, name: str | None = None) -> Arm:
     """The same arm scored on part of its test rows (a slice, one group of users): ``rows`` is a
     boolean mask over the test set or an array of row indices. Every run's predictions and recorded
@@ -215,6 +233,33 @@ def restrict(arm: Arm, rows, name: str | None = None) -> Arm:
     runs = [Run(r.seed, M.compute(y, r.predictions[mask], g, wanted), r.predictions[mask], r.fit, r.label)
             for r in arm.runs]
     return Arm(name or arm.name, runs, y, g)
+
+
+def task_arms(arm: Arm, test: TensorData, labels, metrics=("auc", "logloss"), batch_size: int = 16_384) -> dict:
+    """One :class:`Arm` per task of a multi-task arm (``run_arm(..., keep_models=True)``): every run's
+    model scores ``test`` once and each label in ``labels`` gets its own arm (named ``arm.name``), so
+    per-task comparisons pair runs by seed as :func:`compare` needs. Returns ``{label: Arm}``."""
+    if any(r.model is None for r in arm.runs):
+        raise ValueError(f"task_arms({arm.name!r}): the runs kept no model; train the arm with keep_models=True")
+    labels = list(labels)
+    missing = [k for k in labels if k not in test.tensors]
+    if missing:
+        raise KeyError(f"task_arms({arm.name!r}): the test data lacks the labels {missing}")
+    scored = []
+    for r in arm.runs:
+        p = predict(r.model, test, batch_size)
+        p = p if isinstance(p, dict) else {_first_label(r.model): p}
+        absent = [k for k in labels if k not in p]
+        if absent:
+            raise KeyError(f"task_arms({arm.name!r}): the model predicts {list(p)}, not {absent}")
+        scored.append(p)
+    out = {}
+    for k in labels:
+        y = test[k].numpy()
+        runs = [Run(r.seed, M.compute(y, p[k], None, metrics), p[k], r.fit, k, labels=y)
+                for r, p in zip(arm.runs, scored)]
+        out[k] = Arm(arm.name, runs, y)
+    return out
 
 
 # -- intervals -------------------------------------------------------------------------------
@@ -288,6 +333,50 @@ def compare(a: Arm, b: Arm, metric: str = "auc", n_boot: int = 1000, seed: int =
             "b": {"name": b.name, "mean": b.mean(metric), "sd": b.sd(metric)},
             "stopped_by": {a.name: a.stop_reasons(), b.name: b.stop_reasons()},
             "method": f"paired bootstrap over test rows ({n_boot} replicates) combined with the seed spread"}
+
+
+def compare_changes(a_before: Arm, a_after: Arm, b_before: Arm, b_after: Arm, metric: str = "auc",
+                    n_boot: int = 1000, seed: int = 0) -> dict:
+    """How much more ``b`` changed than ``a``: ``delta = (b_after - b_before) - (a_after - a_before)``,
+    e.g. the AUC lost after the peak with and without pre-training (a positive delta: b lost less).
+
+    A difference of paired differences: all four arms are scored on the same test rows with the same
+    seeds; every bootstrap replicate resamples the test rows once for all four (so the noise they
+    share cancels), combined with the seed spread of the per-seed values as in :func:`compare`."""
+    arms = (a_before, a_after, b_before, b_after)
+    for arm in arms[1:]:
+        if not np.array_equal(arm.labels, a_before.labels):
+            raise ValueError(f"compare_changes: {arm.name!r} was scored on another test set than {a_before.name!r}")
+        if arm.seeds != a_before.seeds:
+            raise ValueError(f"compare_changes: seeds differ ({a_before.name!r} {a_before.seeds}, "
+                             f"{arm.name!r} {arm.seeds}); train every arm with the same seeds")
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be at least 2, got {n_boot}")
+    signs = (1.0, -1.0, -1.0, 1.0)  # of (a_before, a_after, b_before, b_after) in delta
+    per_seed = b_after.values(metric) - b_before.values(metric) - (a_after.values(metric) - a_before.values(metric))
+    delta = float(per_seed.mean())
+    y = a_before.labels.astype(np.float64)
+    rng = np.random.default_rng(seed)
+    replicates = np.zeros(n_boot)
+    chunk = max(1, min(n_boot, 20_000_000 // max(len(y), 1)))
+    for start in range(0, n_boot, chunk):
+        counts = _bootstrap_counts(len(y), min(chunk, n_boot - start), rng)
+        per_run = [sum(s * _replicate_metric(metric, y, runs[i].predictions, arms[i].groups, counts)
+                       for i, s in enumerate(signs))
+                   for runs in zip(*(arm.runs for arm in arms))]
+        replicates[start:start + len(counts)] = np.mean(per_run, axis=0)
+    se_test = float(np.nanstd(replicates, ddof=1))
+    se_seed = float(per_seed.std(ddof=1) / math.sqrt(len(per_seed))) if len(per_seed) > 1 else 0.0
+    se = math.hypot(se_test, se_seed)
+    return {"delta": delta, "ci": [delta - Z95 * se, delta + Z95 * se], "seeds": a_before.seeds,
+            "n_test": int(len(y)), "per_seed": per_seed.tolist(), "se_test": se_test, "se_seed": se_seed,
+            "a": {"name": f"{a_after.name} − {a_before.name}",
+                  "delta": float((a_after.values(metric) - a_before.values(metric)).mean())},
+            "b": {"name": f"{b_after.name} − {b_before.name}",
+                  "delta": float((b_after.values(metric) - b_before.values(metric)).mean())},
+            "stopped_by": {arm.name: arm.stop_reasons() for arm in arms},
+            "method": f"difference of paired differences: paired bootstrap over test rows ({n_boot} "
+                      "replicates) combined with the seed spread"}
 
 
 def compare_samples(a, b, statistic: str = "mean_difference", n_boot: int = 2000, seed: int = 0) -> dict:
@@ -398,18 +487,22 @@ def verdict(ci, direction: str = "greater", margin: float = 0.0) -> str:
 
 
 def claim(text: str, evidence: dict, metric: str, arms: tuple[str, str], direction: str = "greater",
-          margin: float = 0.0, headline: bool = True, note: str = "") -> dict:
+          margin: float = 0.0, headline: bool = True, note: str = "", fixed_budget: str = "") -> dict:
     """A claim as the results JSON records it, with its verdict computed from ``evidence['ci']``.
 
     ``text`` is the paper's claim in one sentence; ``arms`` = (baseline a, treatment b) of
     ``delta = b - a``; ``headline`` marks the chapter's main comparisons (≥ 3 seeds, trained to
     early stopping in full mode); ``note`` says what the arms are when the names do not.
+    ``fixed_budget`` (e.g. ``"3 epochs: the claim is about the curve's points"``) states the fixed
+    training budget of a claim about a training curve, where early stopping is not the stop rule
+    (the curve past the best epoch is the measurement): ``tools/claims.py`` then accepts runs stopped
+    by the epoch cap (they still need >= 3 seeds in full mode).
     """
     for key in ("delta", "ci", "seeds", "n_test"):
         if key not in evidence:
             raise KeyError(f"claim {text!r}: evidence lacks {key!r} (it needs delta, ci, seeds, n_test)")
     return {"claim": text, "metric": metric, "arms": list(arms), "direction": direction, "margin": float(margin),
-            "headline": bool(headline), "note": note,
+            "headline": bool(headline), "note": note, **({"fixed_budget": fixed_budget} if fixed_budget else {}),
             "verdict": verdict(evidence["ci"], direction, margin), "evidence": dict(evidence)}
 
 
@@ -458,4 +551,5 @@ def describe(evidence: dict, higher: str = "higher", lower: str = "lower") -> st
 __all__ = ["Run", "Arm", "train_and_evaluate", "run_arm", "fixed_arm", "restrict", "arms_table",
            "compare", "compare_samples", "compare_paired_samples", "compare_spread", "verdict", "claim",
            "recompute_verdict", "claims_table", "say", "describe", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE",
-           "NOT_TRAINED", "difference"]
+           "NOT_TRAINED", "difference", "checkpoint_arm", "compare_changes",
+           "task_arms"]

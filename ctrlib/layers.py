@@ -109,6 +109,13 @@ class FeatureEmbedding(nn.Module):
         self.check_ids((feature,), ids.reshape(-1, 1), f.vocab_size)
         return self.rows(ids + self.table_offsets[f.table])
 
+    def table_weight(self, table: str) -> torch.Tensor:
+        """The rows of one embedding table (a view of ``weight``): ``[vocab_size, D]``, row = id."""
+        if table not in self.table_offsets:
+            raise KeyError(f"no embedding table {table!r}; the tables are {list(self.table_offsets)}")
+        start = self.table_offsets[table]
+        return self.weight[start:start + self.schema.tables[table]]
+
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` (global row numbers, any shape) of the table: ``[*ids.shape, D]`` (see :func:`lookup_rows`)."""
         return lookup_rows(self.weight, ids)
@@ -117,6 +124,8 @@ class FeatureEmbedding(nn.Module):
         """Every id in ``[0, vocab_size)`` of its own feature, so it can never reach another table's
         rows. ``ids`` ``[N, len(names)]``, ``sizes`` an int or ``[len(names)]``. Two passes over the
         ids and one sync per call (cost: benchmarks/bench_id_bounds.py)."""
+        if torch.compiler.is_compiling():  # export / compile: a data-dependent branch cannot be traced;
+            return                          # ctrlib.serving checks the ids of what an artefact is fed
         if ids.numel() and bool((ids.min() < 0) | (ids >= sizes).any()):
             bad = (ids < 0) | (ids >= sizes)  # [N, F]
             j = int(bad.any(0).nonzero()[0])
@@ -253,14 +262,16 @@ class CrossNet(nn.Module):
     version 1 (Wang et al. 2017, eq. 3):  x_{l+1} = x0 * (x_l . w_l) + b_l + x_l   (a rank-1 map)
     version 2 (Wang et al. 2021, eq. 1):  x_{l+1} = x0 * (W_l x_l + b_l) + x_l    (full rank W_l,
     or W_l = U_l V_l^T of rank ``low_rank``, the paper's cost-saving variant).
-    Each layer raises the polynomial degree of the crosses by one.
+    Each layer raises the polynomial degree of the crosses by one. ``residual=False`` drops the
+    ``+ x_l`` (DHEN's DCN module: the DHEN layer's shortcut plays that part).
     """
 
-    def __init__(self, dim: int, num_layers: int = 3, version: int = 2, low_rank: int | None = None):
+    def __init__(self, dim: int, num_layers: int = 3, version: int = 2, low_rank: int | None = None,
+                 residual: bool = True):
         super().__init__()
         if version not in (1, 2):
             raise ValueError(f"version must be 1 or 2, got {version}")
-        self.version = version
+        self.version, self.residual = version, residual
 
         def weight():
             if version == 1:
@@ -276,9 +287,10 @@ class CrossNet(nn.Module):
         x = x0
         for w, b in zip(self.weights, self.biases):
             if self.version == 1:
-                x = x0 * w(x) + b + x  # w(x) = x_l . w_l is [B, 1], one scalar per row
+                cross = x0 * w(x) + b  # w(x) = x_l . w_l is [B, 1], one scalar per row
             else:
-                x = x0 * (w(x) + b) + x  # w(x) = W_l x_l is [B, d]
+                cross = x0 * (w(x) + b)  # w(x) = W_l x_l is [B, d]
+            x = cross + x if self.residual else cross
         return x
 
 
@@ -481,6 +493,86 @@ class BehaviourEmbedding(nn.Module):
         seqs = [self.table.sequence(batch, s) for _, s in self.pairs]
         keys = torch.cat([e for e, _ in seqs], dim=-1)                                           # [B, L, P*D]
         return fields, query, keys, seqs[0][1]
+
+
+# --------------------------------------------------------------------------- sequence encoders
+class SequenceEncoder(nn.Module):
+    """A behaviour sequence encoded by one causal self-attention block, then pooled into one token.
+
+        h_t = LayerNorm(e_t + W_o softmax_{s <= t, s real}( (W_q e_t) . (W_k e_s) / sqrt(D) ) W_v e_s)
+
+    Position t sees only itself and the past, so h_t can be trained to predict the next action
+    (:func:`next_action_loss`). The token is the target attention of the candidate to the states
+    (:class:`TargetAttention`) when a ``query`` is given, their masked mean otherwise.
+    ``keys [B, L, D]`` (zero at padding), ``mask [B, L]`` -> ``(token [B, D], states [B, L, D])``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
+        self.o = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.pool = TargetAttention(dim, dim)
+
+    def states(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        L = keys.shape[1]
+        scores = self.q(keys) @ self.k(keys).transpose(1, 2) / keys.shape[-1] ** 0.5   # [B, L, L]
+        causal = torch.ones(L, L, dtype=torch.bool, device=keys.device).tril()          # s <= t
+        allowed = causal & mask.unsqueeze(1)                                             # [B, L, L]
+        h = self.o(masked_softmax(scores, allowed) @ self.v(keys))                       # [B, L, D]
+        return self.norm(keys + h) * mask.unsqueeze(-1)                                  # 0 at padding
+
+    def forward(self, keys, mask, query=None):
+        states = self.states(keys, mask)                                                 # [B, L, D]
+        token = masked_mean(states, mask) if query is None else self.pool(query, states, mask)[0]
+        return token, states
+
+
+def next_action_loss(states: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor,
+                     num_negatives: int = 4) -> torch.Tensor:
+    """The next-action loss (TransAct V2's form): the state h_t must score the next action e_{t+1}
+    above ``num_negatives`` in-batch negatives n (the next actions of other rows of the batch):
+
+        L = - mean_t log( exp(<h_t, e_{t+1}>) / (exp(<h_t, e_{t+1}>) + sum_n exp(<h_t, n>)) )
+
+    over the positions t where both h_t and e_{t+1} are real. ``states, keys [B, L, D]``, ``mask [B, L]``."""
+    h, nxt = states[:, :-1], keys[:, 1:]                                               # [B, L-1, D]
+    valid = mask[:, :-1] & mask[:, 1:]                                                 # [B, L-1]
+    negatives = torch.stack([nxt.roll(r, dims=0) for r in range(1, num_negatives + 1)], dim=2)  # [B, L-1, K, D]
+    candidates = torch.cat([nxt.unsqueeze(2), negatives], dim=2)                       # [B, L-1, 1+K, D]
+    logits = torch.einsum("bld,blkd->blk", h, candidates)                              # [B, L-1, 1+K]
+    loss = -torch.log_softmax(logits, dim=-1)[..., 0]                                  # the positive is first
+    return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+class FieldTokens(nn.Module):
+    """The feature-processing layer of the multi-task CVR models (DHEN, MMoE, PLE): the list of
+    field embeddings X_0 ``[B, m, D]`` of DHEN (Zhang et al. 2022, sec. 3.1): categorical fields,
+    numeric fields, then one token per sequence, each sequence with its own
+    :class:`SequenceEncoder` (kept separate, as the Pinterest paper finds best) and pooled by the
+    candidate feature sharing its table (mean pooling when none does).
+    ``forward(batch) -> (tokens [B, m, D], {sequence: (states, keys, mask)})``."""
+
+    def __init__(self, schema: Schema, dim: int, init_std: float = 1e-4):
+        super().__init__()
+        self.table = FeatureEmbedding(schema, dim, init_std, pool_sequences=False)
+        by_table = {f.table: f.name for f in schema.categorical}
+        self.queries = {s.name: by_table.get(s.table) for s in schema.sequences}
+        self.encoders = nn.ModuleDict({s: SequenceEncoder(dim) for s in self.queries})
+
+    @property
+    def num_fields(self) -> int:
+        return self.table.num_fields + len(self.queries)
+
+    def forward(self, batch):
+        parts = [self.table(batch)] if self.table.num_fields else []                   # [B, F, D]
+        encoded = {}
+        for name, query in self.queries.items():
+            keys, mask = self.table.sequence(batch, name)                              # [B, L, D], [B, L]
+            q = self.table.lookup(query, batch[query]) if query else None              # [B, D]
+            token, states = self.encoders[name](keys, mask, q)
+            parts.append(token.unsqueeze(1))                                           # [B, 1, D]
+            encoded[name] = (states, keys, mask)
+        return torch.cat(parts, dim=1), encoded
 
 
 @contextlib.contextmanager

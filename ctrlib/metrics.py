@@ -9,12 +9,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from sklearn.calibration import calibration_curve
-from sklearn.metrics import log_loss, roc_auc_score
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 
 from ctrlib import checks as C
 
 EPS = 1e-7
-METRICS = ("auc", "gauc", "logloss", "calibration")
+METRICS = ("auc", "gauc", "logloss", "calibration", "pr_auc", "ne")
 
 
 def auc(y, p) -> float:
@@ -27,6 +27,25 @@ def auc(y, p) -> float:
 
 def logloss(y, p) -> float:
     return float(log_loss(np.asarray(y), np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS), labels=[0, 1]))
+
+
+def pr_auc(y, p) -> float:
+    """Area under the precision-recall curve as scikit-learn's average precision; a random ranking
+    scores the positive rate, so it shows a sparse task's gains that ROC-AUC compresses."""
+    y = np.asarray(y)
+    if not (y == 1).any():
+        raise ValueError(f"PR-AUC needs at least one positive label; all {len(y)} labels are 0")
+    return float(average_precision_score(y, np.asarray(p)))
+
+
+def normalized_entropy(y, p) -> float:
+    """NE (He et al. 2014; DHEN's metric): logloss / H(p_bar), the entropy of the labels' mean rate
+    p_bar. 1 = no better than predicting the base rate; lower is better."""
+    y = np.asarray(y, dtype=np.float64)
+    if len(y) == 0 or not 0 < y.mean() < 1:
+        raise ValueError(f"NE needs both labels (the base-rate entropy is 0 otherwise); got {len(y)} labels")
+    rate = float(y.mean())
+    return logloss(y, p) / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate))
 
 
 def gauc(y, p, groups) -> float:
@@ -58,15 +77,19 @@ def calibration_table(y, p, n_bins: int = 10) -> pd.DataFrame:
 
 
 def compute(y, p, groups=None, metrics=("auc", "logloss")) -> dict[str, float]:
-    """The named metrics of predictions ``p`` for labels ``y`` (``gauc`` needs ``groups``)."""
+    """The named metrics of predictions ``p`` for labels ``y`` (``gauc`` needs ``groups``). Names are
+    case-insensitive (``"AUC"``, ``"logloss"``); the keys returned are lower case."""
     fns = {"auc": lambda: auc(y, p), "logloss": lambda: logloss(y, p),
-           "calibration": lambda: calibration(y, p)}
+           "calibration": lambda: calibration(y, p), "pr_auc": lambda: pr_auc(y, p),
+           "ne": lambda: normalized_entropy(y, p)}
     out = {}
     for m in (metrics,) if isinstance(metrics, str) else metrics:
+        m = m.lower() if isinstance(m, str) else m
         C.choice("metric", m, METRICS)
         if m == "gauc":
             if groups is None:
-                raise ValueError("gauc needs groups (e.g. the user ids)")
+                raise ValueError("gauc is the AUC within each group (e.g. each user), so it needs groups=: "
+                                 "pass the group ids (e.g. the user ids), or drop 'gauc' from the metrics")
             out[m] = gauc(y, p, groups)
         else:
             out[m] = fns[m]()

@@ -97,6 +97,13 @@ class LazyAdam(torch.optim.Adam):
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=False)
+        self.row_lr_scale: dict[int, torch.Tensor] = {}  # id(table) -> [V] factor on each row's lr
+
+    def scale_row_lr(self, table: torch.Tensor, start: int, stop: int, factor: float) -> None:
+        """Rows ``start:stop`` of ``table`` step with ``factor`` x the lr (row-wise steps only): one
+        embedding table inside a shared parameter gets its own lr, e.g. a transferred table."""
+        scale = self.row_lr_scale.setdefault(id(table), torch.ones(len(table), dtype=table.dtype, device=table.device))
+        scale[start:stop] = factor
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -138,7 +145,9 @@ class LazyAdam(torch.optim.Adam):
         bias_correction1 = 1 - beta1 ** step
         bias_correction2_sqrt = (1 - beta2 ** step) ** 0.5
         denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
-        e = p.index_select(0, rows).addcdiv_(m, denom, value=-lr / bias_correction1)
+        scale = self.row_lr_scale.get(id(p))
+        step_m = m if scale is None else m * scale.index_select(0, rows).unsqueeze(1)   # [U, D]
+        e = p.index_select(0, rows).addcdiv_(step_m, denom, value=-lr / bias_correction1)
         state["exp_avg"].index_copy_(0, rows, m)
         state["exp_avg_sq"].index_copy_(0, rows, v)
         p.index_copy_(0, rows, e)

@@ -196,6 +196,23 @@ def test_claims_check_reports_each_protocol_breach():
     assert claims_check.problems("ch", {"quick": False, "claims": [side]}) == []
 
 
+def test_a_fixed_budget_claim_may_stop_at_the_epoch_cap_and_still_needs_three_seeds():
+    """A claim about a fixed-budget training curve states its budget; then epoch-cap runs pass."""
+    import claims as claims_check  # tools/claims.py
+
+    ev = {"delta": -0.01, "ci": [-0.016, -0.004], "seeds": [0, 1, 2], "n_test": 5000,
+          "stopped_by": {"epoch 1": ["epoch cap"] * 3, "epoch 1.25": ["epoch cap"] * 3}}
+    curve = claim("AUC drops after epoch 1.", ev, "auc", ("epoch 1", "epoch 1.25"), direction="less",
+                  fixed_budget="3 epochs: the claim is about the curve past the peak")
+    assert curve["fixed_budget"].startswith("3 epochs")
+    assert claims_check.problems("ch", {"quick": False, "claims": [curve]}) == []
+    unstated = claim("AUC drops after epoch 1.", ev, "auc", ("epoch 1", "epoch 1.25"), direction="less")
+    assert "states its fixed_budget" in claims_check.problems("ch", {"quick": False, "claims": [unstated]})[0]
+    one_seed = claim("AUC drops.", ev | {"seeds": [0]}, "auc", ("a", "b"), direction="less", fixed_budget="3 epochs")
+    assert "1 seed(s)" in claims_check.problems("ch", {"quick": False, "claims": [one_seed]})[0]
+    assert "fixed_budget" not in claim("B beats A.", ev, "auc", ("A", "B"), direction="less")
+
+
 def test_fixed_arm_pairs_an_untrained_predictor_with_trained_arms():
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 600).astype(float)

@@ -120,3 +120,126 @@ def test_bf16_autocast_warns_on_a_cpu_without_native_bf16(world_data, monkeypatc
     monkeypatch.setattr(ctrlib.train, "_native_bf16", lambda: False)
     with pytest.warns(UserWarning, match="no native bfloat16"):
         fit(LogisticRegression(schema), train.subset(torch.arange(64)), None, epochs=1, autocast="bf16")
+
+
+# -- stages and partial training (the one-epoch chapter) -----------------------------------------
+
+def test_fractional_epoch_evaluation(world_data):
+    """eval_every=0.25 validates four times per epoch at fractional epochs, on_eval sees each
+    checkpoint, early stopping restores the best of them, and eval_every=1 is the per-epoch fit."""
+    schema, (train, valid, _) = world_data
+    seen = []
+
+    def on_eval(model, epoch):
+        seen.append(epoch)
+        return {"seen_at": epoch}
+
+    seed_everything(0)
+    model = DeepFM(schema, 8, (32,))
+    result = fit(model, train, valid, epochs=2, batch_size=256, eval_every=0.25, on_eval=on_eval, patience=5)
+    n = train.num_batches(256)
+    quarters = [round(n * f) / n for f in (0.25, 0.5, 0.75)]
+    expected = quarters + [1] + [1 + q for q in quarters] + [2]
+    assert result.history.epoch.tolist() == pytest.approx(expected) and seen == pytest.approx(expected)
+    assert result.history.seen_at.tolist() == pytest.approx(expected)
+    best = result.history.valid_auc.idxmax()
+    assert result.best_epoch == pytest.approx(expected[best]) and evaluate(model, valid)["auc"] == pytest.approx(
+        result.history.valid_auc.max())
+    runs = []
+    for every in (None, 1.0):
+        seed_everything(0)
+        runs.append(fit(DeepFM(schema, 8, (32,)), train, valid, epochs=2, batch_size=256, eval_every=every)
+                    .history.drop(columns="seconds"))
+    assert runs[0].equals(runs[1])
+    seed_everything(0)  # patience counts epochs: 1 epoch = 4 validations without improvement
+    capped = fit(DeepFM(schema, 8, (64, 64)), train, valid, epochs=30, batch_size=64, lr=1e-2, patience=1,
+                 eval_every=0.25)
+    assert capped.stop_reason == "early stopping"
+    assert (capped.history.epoch > capped.best_epoch).sum() == 4
+    with pytest.raises(ValueError, match="eval_every"):
+        fit(model, train, valid, eval_every=1.5)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("update", ["sparse", "dense"])
+@pytest.mark.parametrize("freeze", [("embeddings",), ("dense",), ("table:item_id",)])
+def test_freezing_really_freezes(world_data, update, freeze):
+    """Frozen parameters (or one table's rows) are bit-identical after training; the rest trains."""
+    schema, (train, valid, _) = world_data
+    seed_everything(0)
+    model = DeepFM(schema, 8, (32,))
+    before = _state(model)
+    fit(model, train, valid, epochs=2, batch_size=256, embedding_update=update, embedding_l2=1e-4, freeze=freeze,
+        grad_clip=10.0)
+    after = _state(model)
+    tables = {n for n in after if n.endswith("embedding.weight") or n.endswith("weights.weight")}
+    assert tables, sorted(after)
+    if freeze == ("table:item_id",):
+        emb = model.embedding
+        start, stop = emb.table_offsets["item_id"], emb.table_offsets["item_id"] + schema.tables["item_id"]
+        w0, w1 = before["embedding.weight"], after["embedding.weight"]
+        assert torch.equal(w0[start:stop], w1[start:stop])
+        assert not torch.equal(w0[:start], w1[:start]) or not torch.equal(w0[stop:], w1[stop:])
+        return
+    frozen = tables if freeze == ("embeddings",) else set(after) - tables
+    for name in after:
+        same = torch.equal(before[name], after[name])
+        assert same == (name in frozen), (name, same)
+    assert all(p.requires_grad for p in model.parameters())  # fit hands the parameters back trainable
+
+
+def test_freeze_names_are_checked(world_data):
+    schema, (train, valid, _) = world_data
+    model = DeepFM(schema, 8, (32,))
+    with pytest.raises(ValueError, match="matches no parameter"):
+        fit(model, train, valid, epochs=1, freeze=("tower",))
+    with pytest.raises(ValueError, match="names no embedding table"):
+        fit(model, train, valid, epochs=1, freeze=("table:nope",))
+    with pytest.raises(ValueError, match="nothing would train"):
+        fit(model, train, valid, epochs=1, freeze=("embeddings", "dense"))
+    with pytest.raises(TypeError, match="tuple"):
+        fit(model, train, valid, epochs=1, freeze="dense")
+
+
+def test_embedding_lr_and_sgd(world_data):
+    """embedding_lr is the tables' own lr (equal to lr: the same fit); SGD moves a weight by -lr * grad."""
+    schema, (train, valid, _) = world_data
+    runs = {}
+    for name, extra in {"default": {}, "same": {"embedding_lr": 1e-3}, "slow": {"embedding_lr": 1e-5}}.items():
+        seed_everything(0)
+        model = DeepFM(schema, 8, (32,))
+        start = model.embedding.weight.detach().clone()
+        fit(model, train, None, epochs=1, batch_size=256, **extra)
+        runs[name] = (model.embedding.weight.detach() - start).abs().max().item()
+    assert runs["default"] == runs["same"] and runs["slow"] < runs["default"] / 10
+    seed_everything(0)
+    model = LogisticRegression(schema)
+    one = train.subset(torch.arange(128))
+    bias = model.linear.bias.detach().clone()
+    fit(model, one, None, epochs=1, batch_size=128, lr=0.5, optimizer="sgd")
+    seed_everything(0)
+    fresh = LogisticRegression(schema)  # the same start: one step of SGD on the mean BCE
+    grad = (torch.sigmoid(fresh(one.tensors)) - one["label"]).mean()           # d loss / d bias
+    assert model.linear.bias.item() == pytest.approx((bias - 0.5 * grad).item(), abs=1e-6)
+
+
+def test_table_lr_gives_one_table_its_own_lr(world_data):
+    """One table inside the shared embedding parameter steps at its own lr (lazy Adam rows)."""
+    schema, (train, _, _) = world_data
+    moved = {}
+    for name, table_lr in {"none": None, "same": {"item_id": 1e-3}, "slow": {"item_id": 1e-6}}.items():
+        seed_everything(0)
+        model = DeepFM(schema, 8, (32,))
+        start = model.embedding.weight.detach().clone()
+        fit(model, train, None, epochs=1, batch_size=256, table_lr=table_lr)
+        emb = model.embedding
+        lo, hi = emb.table_offsets["item_id"], emb.table_offsets["item_id"] + schema.tables["item_id"]
+        change = (emb.weight.detach() - start).abs()
+        moved[name] = (change[lo:hi].max().item(), change[:lo].max().item())
+    assert moved["none"] == moved["same"]
+    assert moved["slow"][0] < moved["none"][0] / 100 and moved["slow"][1] > moved["none"][1] / 10
+    with pytest.raises(ValueError, match="lazy Adam"):
+        fit(model, train, None, epochs=1, table_lr={"item_id": 1e-4}, embedding_update="dense")

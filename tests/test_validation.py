@@ -134,7 +134,7 @@ def test_tensors_do_not_share_memory_with_the_frame():
     ({"patience": 0}, r"patience must be >= 1, got 0"),
     ({"lr_decay": 0}, r"lr_decay must be in \(0, 1\], got 0"),
     ({"lr": 0.0}, r"lr must be > 0, got 0\.0"),
-    ({"monitor": "AUC"}, r"unknown monitor 'AUC'.*did you mean 'auc'"),
+    ({"monitor": "acu"}, r"unknown monitor 'acu'.*did you mean 'auc'"),
 ])
 def test_fit_refuses_impossible_arguments(overrides, match):
     m = model()
@@ -282,9 +282,11 @@ def test_gauc_without_the_group_column_names_it():
         evaluate(model(items), plain, ("auc", "gauc"))
 
 
-def test_metric_names_hint_at_the_case():
-    with pytest.raises(ValueError, match=r"unknown metric 'AUC'.*did you mean 'auc'"):
-        evaluate(model(), data(), ("AUC",))
+def test_metric_names_are_case_insensitive_and_typos_get_a_suggestion():
+    m, d = model(), data()
+    assert evaluate(m, d, ("AUC", "LogLoss")) == evaluate(m, d, ("auc", "logloss"))
+    with pytest.raises(ValueError, match=r"unknown metric 'acu'.*did you mean 'auc'"):
+        evaluate(m, d, ("acu",))
 
 
 def test_auc_of_one_class_is_an_error_not_nan():

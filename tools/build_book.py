@@ -7,24 +7,33 @@
 
 Layout of the output folder (--out, default _build/):
     stage/      what Jupyter Book renders: _config.yml, _toc.yml, book/ with the *executed* notebooks
-    results/    <notebook stem>.json written by each chapter (RESULTS_PATH), timings.json
+    results/    <notebook stem>.json written by each chapter (RESULTS_PATH), timings.json (seconds per
+                chapter in QUICK and full mode, with the machine and library versions: the book's
+                execution statistics page is generated from it)
     _build/html the rendered book; for the default --out this is simply ./_build/html
                 (Jupyter Book always writes <path-output>/_build/html)
 The tests build into _build/test so they never overwrite the full-mode book.
 
 Notebooks run with cwd = their folder in the source tree (book/), so relative paths such as
 ../data work as they do interactively. A failing cell fails the build and nothing is rendered.
+
+The kernels run with OMP_WAIT_POLICY=PASSIVE and OMP_NUM_THREADS = the available cores (unless
+the environment sets them): spinning OpenMP threads make a chapter several times slower when
+another job shares the CPU. --omp-default leaves both as the environment has them.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -34,6 +43,8 @@ from ctrlib.book import quick_from_env
 ROOT = Path(__file__).resolve().parents[1]
 CELL_TIMEOUT_S = int(os.environ.get("CTRLIB_CELL_TIMEOUT", "1200"))  # seconds per cell (raise it on a busy machine)
 KERNEL = "python3"
+STATS_PAGE = "book/execution_statistics.md"  # back matter, generated from timings.json
+VERSIONS = ("torch", "numpy", "pandas", "scikit-learn", "ctrlib", "papermill", "jupyter-book")
 
 
 @dataclass
@@ -102,6 +113,22 @@ def use_venv_kernel() -> None:
                  f"Fix: {sys.executable} -m ipykernel install --sys-prefix --name {KERNEL}")
 
 
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def kernel_environment(environ=os.environ) -> dict[str, str]:
+    """The OpenMP settings the chapters' kernels start with; a value the environment already has wins.
+
+    PASSIVE: a waiting OpenMP thread sleeps instead of spinning; spinning threads that lose their
+    core to another job stall every parallel region (chapter 02 in full mode took 7.4x its idle
+    time beside one competing process). One thread per available core. Both are read when torch
+    and numpy load, so they must be in the kernel's environment, not set inside a notebook.
+    """
+    wanted = {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(available_cores())}
+    return {k: environ.get(k) or v for k, v in wanted.items()}
+
+
 def stage_sources(lay: Layout, keep: dict[str, bytes]) -> None:
     """Fresh staging tree: config, toc and book/ without notebooks (executed copies come later).
 
@@ -155,6 +182,95 @@ def execute(lay: Layout, nb: Path, quick: bool) -> float:
     return seconds
 
 
+def machine() -> dict:
+    """What the timings were measured on: CPU, cores, memory, OS, Python and library versions."""
+    cpu = platform.processor() or platform.machine()
+    meminfo = Path("/proc/meminfo")
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    mem = None
+    if meminfo.exists():
+        total = next((ln for ln in meminfo.read_text().splitlines() if ln.startswith("MemTotal")), "")
+        mem = round(int(total.split()[1]) / 2**20, 1) if total else None
+
+    def version(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"cpu": cpu, "cores": available_cores(), "memory_gib": mem, "os": platform.platform(),
+            "python": platform.python_version(), "versions": {p: version(p) for p in VERSIONS}}
+
+
+def update_timings(path: Path, mode: str, seconds: dict[str, float], started: dict[str, dict],
+                   kernel_env: dict[str, str]) -> dict:
+    """Merge this build's seconds per chapter into timings.json (atomic write) and return it.
+
+    ``{"modes": {"QUICK"|"full": {"chapters": {stem: {"seconds", "when", "load_1min"}},
+    "machine": ..., "kernel_env": ...}}, "quick": bool, "seconds": {...}}``: each mode keeps the
+    chapters measured in earlier builds (e.g. with --only); the top-level "quick" and "seconds" are
+    the mode of this build (the older format).
+    """
+    old = json.loads(path.read_text()) if path.exists() else {}
+    modes = old.get("modes", {})
+    if not modes and old.get("seconds"):  # the older format: one mode, seconds only
+        modes[("QUICK" if old.get("quick") else "full")] = {
+            "chapters": {k: {"seconds": v, "when": None, "load_1min": None} for k, v in old["seconds"].items()}}
+    entry = modes.setdefault(mode, {"chapters": {}})
+    for stem, s in seconds.items():
+        entry["chapters"][stem] = {"seconds": s, **started[stem]}
+    entry["machine"], entry["kernel_env"] = machine(), kernel_env
+    data = {"modes": modes, "quick": mode == "QUICK",
+            "seconds": {k: v["seconds"] for k, v in entry["chapters"].items()}}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return data
+
+
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def statistics_page(timings: dict, notebooks: list[Path]) -> str:
+    """The back-matter page: seconds per chapter in QUICK and full mode, and what they ran on."""
+    modes = timings.get("modes", {})
+    lines = ["# Execution statistics", "",
+             "How long each chapter took to execute when this book was built (papermill, one kernel per",
+             "chapter, one chapter at a time), in QUICK mode (what `make test` runs) and in full mode (what",
+             "`make book` runs), with the machine's 1-minute load average when the chapter started: a load",
+             "above the number of cores means other jobs shared the CPU, and the time is inflated.",
+             "Generated by `tools/build_book.py` from `results/timings.json` of the build folder; a dash",
+             "means the chapter has not been executed in that mode there.", "",
+             "| Chapter | QUICK mode | load at start | full mode | load at start |", "|---|---|---|---|---|"]
+    for nb in notebooks:
+        cells = []
+        for mode in ("QUICK", "full"):
+            run = modes.get(mode, {}).get("chapters", {}).get(nb.stem)
+            load = run and run.get("load_1min")
+            cells += [_duration(run["seconds"]), "—" if load is None else f"{load:.1f}"] if run else ["—", "—"]
+        lines.append(f"| {{doc}}`{nb.stem}` | " + " | ".join(cells) + " |")
+    for mode in ("QUICK", "full"):
+        entry = modes.get(mode)
+        if not entry or not entry.get("machine"):
+            continue
+        m, env = entry["machine"], entry.get("kernel_env", {})
+        versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+        when = sorted(c["when"] for c in entry["chapters"].values() if c.get("when"))
+        span = f" ({when[0][:10]} to {when[-1][:10]})" if when else ""
+        lines += ["", f"**{mode} mode**{span}: {m['cpu']}, {m['cores']} "
+                  f"core(s) available, {m['memory_gib']} GiB memory, {m['os']}; Python {m['python']}, "
+                  f"{versions}. Kernel environment: "
+                  + (", ".join(f"`{k}={v}`" for k, v in env.items()) or "as inherited") + "."]
+    if not modes:
+        lines += ["", "*No timings: this copy of the book was rendered without executing the chapters.*"]
+    return "\n".join(lines) + "\n"
+
+
 def render(lay: Layout) -> int:
     """Strict Jupyter Book build of the staging tree into lay.html."""
     jb = Path(sys.executable).parent / "jupyter-book"
@@ -171,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                          "the others keep their last executed copy, or render unexecuted")
     ap.add_argument("--no-render", action="store_true", help="execute only, skip Jupyter Book")
     ap.add_argument("--out", type=Path, default=ROOT / "_build", help="output folder (default: _build)")
+    ap.add_argument("--omp-default", action="store_true",
+                    help="leave OMP_WAIT_POLICY / OMP_NUM_THREADS as the environment has them "
+                         "(default: PASSIVE, one thread per core; benchmarks/bench_contention.py)")
     args = ap.parse_args(argv)
     lay = Layout(args.out.resolve())
 
@@ -178,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     if quick:
         os.environ["CTRLIB_QUICK"] = "1"  # the kernel inherits it
     os.environ["CTRLIB_HEADLESS"] = "1"  # no progress bars in executed pages
+    kernel_env = {} if args.omp_default else kernel_environment()
+    os.environ.update(kernel_env)  # the kernels papermill starts inherit it
     notebooks = chapter_notebooks()
     selected = [nb for nb in notebooks if not args.only or any(s in nb.stem for s in args.only)]
     if args.only and not selected:
@@ -196,9 +317,11 @@ def main(argv: list[str] | None = None) -> int:
     use_venv_kernel()
 
     mode = "QUICK" if quick else "full"
-    timings, failed = {}, []
+    timings, started, failed = {}, {}, []
     for nb in selected:
         print(f"\n=== executing {nb.relative_to(ROOT)} ({mode} mode) ===", flush=True)
+        load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+        started[nb.stem] = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "load_1min": load}
         try:
             timings[nb.stem] = round(execute(lay, nb, quick), 1)
             print(f"=== {nb.stem}: {timings[nb.stem]:.1f} s ===", flush=True)
@@ -206,12 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             failed.append(nb.stem)
             print(f"=== {nb.stem} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
-    # Merge with earlier timings of the same mode (useful with --only).
-    tfile = lay.results / "timings.json"
-    old = json.loads(tfile.read_text()) if tfile.exists() else {}
-    seconds = old.get("seconds", {}) if old.get("quick") == quick else {}
-    seconds.update(timings)
-    tfile.write_text(json.dumps({"quick": quick, "seconds": seconds}, indent=2) + "\n")
+    # Merge with earlier timings (both modes are kept; --only keeps the other chapters').
+    data = update_timings(lay.results / "timings.json", mode, timings, started, kernel_env)
+    (lay.stage / STATS_PAGE).write_text(statistics_page(data, notebooks))
 
     print("\nwall time per notebook:")
     for stem, s in timings.items():

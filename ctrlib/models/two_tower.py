@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ctrlib.data.schema import Schema
-from ctrlib.layers import MLP, FeatureEmbedding
+from ctrlib.layers import MLP, FeatureEmbedding, masked_mean
 
 
 class TwoTower(nn.Module):
@@ -37,6 +37,8 @@ class TwoTower(nn.Module):
         user_idx = [i for i, n in enumerate(names) if n not in item_features]
         if not item_idx or not user_idx:
             raise ValueError("both towers need at least one feature")
+        self.item_features = [n for n in dict.fromkeys(names) if n in item_features]
+        self.user_features = [n for n in dict.fromkeys(names) if n not in item_features]
         self.register_buffer("item_idx", torch.tensor(item_idx), persistent=False)
         self.register_buffer("user_idx", torch.tensor(user_idx), persistent=False)
         self.user_tower = MLP(len(user_idx) * embedding_dim, hidden, out_dim, dropout)
@@ -49,6 +51,28 @@ class TwoTower(nn.Module):
         u = self.user_tower(e[:, self.user_idx].flatten(1))           # [B, K]
         v = self.item_tower(e[:, self.item_idx].flatten(1))           # [B, K]
         return u, v
+
+    def _fields(self, batch, names) -> torch.Tensor:
+        """The named features' field embeddings only, in the embedding's field order, flattened
+        ``[B, F' * D]``: the same numbers as ``self.embedding(batch)[:, idx]``."""
+        e = self.embedding
+        parts = [e.lookup(n, batch[n]).unsqueeze(1) for n in e.categorical if n in names]  # [B, 1, D] each
+        start = 0
+        for f in self.schema.numeric:
+            if f.name in names:
+                values = batch[f.name].reshape(len(batch[f.name]), -1)                 # [B, dim]
+                parts.append(values.unsqueeze(-1) * e.numeric_weight[start:start + f.dim])  # [B, dim, D]
+            start += f.dim
+        parts += [masked_mean(*e.sequence(batch, n)).unsqueeze(1) for n in e.sequences if n in names]
+        return torch.cat(parts, dim=1).flatten(1)
+
+    def user_vector(self, batch) -> torch.Tensor:
+        """u ``[B, K]`` from the user features alone (a batch without item features): served per request."""
+        return self.user_tower(self._fields(batch, self.user_features))
+
+    def item_vector(self, batch) -> torch.Tensor:
+        """v ``[B, K]`` from the item features alone: computed offline for the whole catalogue."""
+        return self.item_tower(self._fields(batch, self.item_features))
 
     def forward(self, batch):
         u, v = self.towers(batch)
