@@ -4,8 +4,11 @@
 Ten categorical fields: field ``f0`` has ``V`` rows (10^4 ... 10^7), the nine others 1,000 rows each;
 ids uniform at random, labels Bernoulli(0.2). The BARS DeepFM config (embedding 10, MLP
 400-400-400, dropout 0.2, batch 4096, Adam 1e-3, embedding L2 0.05 as ``lambda/2 ||E||^2`` on the
-mean loss), 2 torch threads. Each run is a fresh process: two epochs of 81,920 rows (20 steps), the
-first a warm-up; the second epoch's samples/s and the process's peak resident memory are reported.
+mean loss), 2 torch threads. Each run is a fresh process: ``--epochs`` epochs of 81,920 rows (20
+steps each), the first a warm-up; the samples/s of the median later epoch and the process's peak
+resident memory are reported. One 20-step epoch on this shared 2-core VM varies by +-10% from run to
+run, so the 10^4-row comparison of the two ctrlib paths needs several measured epochs per run and
+several interleaved runs (``--epochs 5 --reps 7``).
 
 Arms (each through its library's own training loop):
 
@@ -48,6 +51,7 @@ def parse_args():
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--samples", type=int, default=81_920, help="training rows per epoch")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per run: a warm-up, then the measured ones")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peers-python", default=os.path.join(HERE, "peers", ".venv-peers", "bin", "python"),
                    help="the peers' venv python ('' to leave the peers out)")
@@ -87,7 +91,8 @@ def run_ctrlib(arm: str, sizes, x, y, args) -> list[float]:
     model = DeepFM(schema, 10, (400, 400, 400), dropout=0.2)
     how = {"embedding_update": "sparse", "embedding_l2_rows": "batch"} if arm == "ctrlib-sparse" else \
           {"embedding_update": "dense", "embedding_l2_rows": "all"}
-    cfg = TrainConfig(epochs=2, batch_size=4096, lr=1e-3, embedding_l2=0.05, grad_clip=10.0, progress=False, **how)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=4096, lr=1e-3, embedding_l2=0.05, grad_clip=10.0,
+                      progress=False, **how)
     assert torch.get_num_threads() == args.threads
     return list(fit(model, data, None, cfg).history["seconds"])
 
@@ -114,7 +119,7 @@ def run_deepctr(sizes, x, y, args) -> list[float]:
         def on_epoch_end(self, epoch, logs=None):
             seconds.append(time.perf_counter() - self.start)
 
-    model.fit(x, y, batch_size=4096, epochs=2, verbose=0, shuffle=True, callbacks=[Timer()])
+    model.fit(x, y, batch_size=4096, epochs=args.epochs, verbose=0, shuffle=True, callbacks=[Timer()])
     return seconds
 
 
@@ -150,7 +155,7 @@ def run_fuxictr(sizes, x, y, args) -> list[float]:
     model._max_gradient_norm, model._stop_training, model._total_steps = 10.0, False, 0
     model._eval_steps = 10 ** 12
     seconds = []
-    for _ in range(2):
+    for _ in range(args.epochs):
         start = time.perf_counter()
         model.train_epoch(loader)
         seconds.append(time.perf_counter() - start)
@@ -169,7 +174,8 @@ def worker(args) -> None:
         seconds = run_fuxictr(sizes, x, y, args)
     print(json.dumps({"arm": args.worker, "table_rows": args.table_rows, "samples": args.samples,
                       "epoch_seconds": [round(s, 4) for s in seconds],
-                      "samples_per_s": round(args.samples / seconds[-1], 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+                      "samples_per_s": round(args.samples / statistics.median(seconds[1:]), 1),
+                      "peak_rss_mb": round(peak_rss_mb(), 1),
                       "threads": args.threads, "torch": torch.__version__}))
 
 
@@ -186,7 +192,8 @@ def drive(args) -> None:
             for arm in order:
                 python = sys.executable if arm.startswith("ctrlib") else args.peers_python
                 cmd = [python, os.path.abspath(__file__), "--worker", arm, "--table-rows", str(v),
-                       "--samples", str(args.samples), "--threads", str(args.threads)]
+                       "--samples", str(args.samples), "--threads", str(args.threads),
+                       "--epochs", str(args.epochs)]
                 load = os.getloadavg()[0]
                 done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 if done.returncode:
