@@ -115,6 +115,28 @@ def test_lazy_adam_is_adam_when_every_row_is_touched():
         assert torch.equal(optimizers[True].state[tables[True]][k], optimizers[False].state[tables[False]][k])
 
 
+def test_lazy_adam_row_steps_of_changing_size_follow_the_rule():
+    """Touched-row sets that grow past the reused buffers' capacity and shrink again: every step is
+    the documented rule (each touched row: Adam's moments and update with the table's step count;
+    untouched rows and moments unchanged), checked against a plain float64 transcription."""
+    torch.manual_seed(3)
+    table = torch.nn.Parameter(torch.randn(V, D, dtype=torch.float64))
+    optimizer = LazyAdam([table], lr=0.05)
+    e, m, v = table.detach().clone(), torch.zeros(V, D, dtype=torch.float64), torch.zeros(V, D, dtype=torch.float64)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for t, n in enumerate((3, 20, 7, V, 1, 35), 1):
+        rows = torch.randperm(V)[:n].sort().values
+        g = torch.randn(n, D, dtype=torch.float64)
+        table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), g, (V, D), is_coalesced=True, check_invariants=True)
+        optimizer.step()
+        m[rows] = b1 * m[rows] + (1 - b1) * g
+        v[rows] = b2 * v[rows] + (1 - b2) * g * g
+        e[rows] -= 0.05 * (m[rows] / (1 - b1 ** t)) / ((v[rows] / (1 - b2 ** t)).sqrt() + eps)
+        torch.testing.assert_close(table.detach(), e, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(optimizer.state[table]["exp_avg"], m, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(optimizer.state[table]["exp_avg_sq"], v, rtol=1e-12, atol=1e-12)
+
+
 def _small_world(n=256, seed=0):
     g = torch.Generator().manual_seed(seed)
     schema = Schema((Categorical("user", 6), Categorical("item", 9)), ("label",))
