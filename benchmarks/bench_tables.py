@@ -57,6 +57,8 @@ def parse_args():
                    help="the peers' venv python ('' to leave the peers out)")
     p.add_argument("--out", default=None, help="append one JSON line per run here")
     p.add_argument("--table", default=None, metavar="JSONL", help="only print the table of the runs in JSONL")
+    p.add_argument("--paired-rounds", type=int, default=0, metavar="N",
+                   help="instead: N rounds of both ctrlib arms in one process at the first --rows (paired ratios)")
     p.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)  # one run, in this process
     p.add_argument("--table-rows", type=int, help=argparse.SUPPRESS)
     return p.parse_args()
@@ -78,23 +80,62 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def run_ctrlib(arm: str, sizes, x, y, args) -> list[float]:
+def ctrlib_setup(sizes, x, y):
+    """The schema's TensorData and a function (arm, epochs) -> the seconds of each epoch of one fit."""
     import numpy as np
     import pandas as pd
-    import torch
     from ctrlib import TrainConfig, fit, seed_everything
     from ctrlib.data import Categorical, Schema, TensorData
     from ctrlib.models import DeepFM
     schema = Schema(tuple(Categorical(name, v) for name, v in zip(x, sizes)), ("label",))
     data = TensorData.from_frame(pd.DataFrame({**x, "label": y.astype(np.float32)}), schema)
-    seed_everything(0)
-    model = DeepFM(schema, 10, (400, 400, 400), dropout=0.2)
-    how = {"embedding_update": "sparse", "embedding_l2_rows": "batch"} if arm == "ctrlib-sparse" else \
-          {"embedding_update": "dense", "embedding_l2_rows": "all"}
-    cfg = TrainConfig(epochs=args.epochs, batch_size=4096, lr=1e-3, embedding_l2=0.05, grad_clip=10.0,
-                      progress=False, **how)
+
+    def run(arm: str, epochs: int) -> list[float]:
+        seed_everything(0)
+        model = DeepFM(schema, 10, (400, 400, 400), dropout=0.2)
+        how = {"embedding_update": "sparse", "embedding_l2_rows": "batch"} if arm == "ctrlib-sparse" else \
+              {"embedding_update": "dense", "embedding_l2_rows": "all"}
+        cfg = TrainConfig(epochs=epochs, batch_size=4096, lr=1e-3, embedding_l2=0.05, grad_clip=10.0,
+                          progress=False, **how)
+        return list(fit(model, data, None, cfg).history["seconds"])
+    return run
+
+
+def run_ctrlib(arm: str, sizes, x, y, args) -> list[float]:
+    import torch
     assert torch.get_num_threads() == args.threads
-    return list(fit(model, data, None, cfg).history["seconds"])
+    return ctrlib_setup(sizes, x, y)(arm, args.epochs)
+
+
+def paired_in_process(args) -> None:
+    """Both ctrlib arms alternately in ONE process: each round trains a fresh model with each arm
+    (order alternating), and the round's sparse/dense ratio of median epoch throughputs is paired.
+    One process removes what differs between fresh processes (memory layout, the allocator's warm-up,
+    what the previous process left in the page cache), which on this VM moved single runs by +-10%."""
+    import random
+
+    import torch
+    torch.set_num_threads(args.threads)
+    run = ctrlib_setup(*synthetic(args.table_rows, args.samples))
+    ratios, rates = [], {"ctrlib-sparse": [], "ctrlib-dense": []}
+    for rnd in range(args.paired_rounds):
+        order = list(rates) if rnd % 2 == 0 else list(rates)[::-1]
+        for arm in order:
+            rates[arm].append(args.samples / statistics.median(run(arm, args.epochs)[1:]))
+        ratios.append(rates["ctrlib-sparse"][-1] / rates["ctrlib-dense"][-1])
+        print(f"round {rnd}: sparse {rates['ctrlib-sparse'][-1]:,.0f}  dense {rates['ctrlib-dense'][-1]:,.0f}  "
+              f"ratio {ratios[-1]:.3f}  load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    rng = random.Random(0)  # a bootstrap over rounds for the median ratio's interval
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    summary = {"paired_in_process": True, "table_rows": args.table_rows, "samples": args.samples,
+               "epochs": args.epochs, "threads": args.threads, "rounds": args.paired_rounds,
+               "samples_per_s": {a: [round(v, 1) for v in r] for a, r in rates.items()},
+               "ratios": [round(r, 4) for r in ratios], "median_ratio": round(statistics.median(ratios), 4),
+               "median_ratio_95": [round(boot[49], 4), round(boot[1949], 4)], "torch": torch.__version__}
+    print(json.dumps(summary))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(summary) + "\n")
 
 
 def run_deepctr(sizes, x, y, args) -> list[float]:
@@ -244,6 +285,9 @@ def main():
     if args.table:
         with open(args.table) as f:
             print(table([json.loads(line) for line in f if line.strip()]))
+    elif args.paired_rounds:
+        args.table_rows = int(args.rows.split(",")[0])
+        paired_in_process(args)
     elif args.worker:
         worker(args)
     else:

@@ -97,7 +97,7 @@ if want peers || want quality || want din || want tables; then
   if want tables; then  # issue 20: throughput and peak memory vs table rows, 4 arms interleaved
     rm -f "$OUT/tables.jsonl"
     log "throughput vs embedding-table rows"
-    "$PY" benchmarks/bench_tables.py --reps "${BENCH_TABLE_REPS:-3}" --samples 40960 --threads "$THREADS" \
+    "$PY" benchmarks/bench_tables.py --reps "${BENCH_TABLE_REPS:-3}" --epochs 4 --samples 40960 --threads "$THREADS" \
       --peers-python "$VPY" --out "$OUT/tables.jsonl" 2>>"$OUT/stderr.log"
     "$PY" benchmarks/bench_row_grads.py --threads "$THREADS" >"$OUT/row_grads.json" 2>>"$OUT/stderr.log"
   fi
