@@ -76,6 +76,13 @@ def synthetic(rows: int, samples: int):
     return sizes, x, y
 
 
+def append_line(path: str, record: dict) -> None:
+    """Append one JSON line to ``path`` (its folder made if missing)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -134,8 +141,7 @@ def paired_in_process(args) -> None:
                "median_ratio_95": [round(boot[49], 4), round(boot[1949], 4)], "torch": torch.__version__}
     print(json.dumps(summary))
     if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(summary) + "\n")
+        append_line(args.out, summary)
 
 
 def run_deepctr(sizes, x, y, args) -> list[float]:
@@ -244,9 +250,7 @@ def drive(args) -> None:
                 print(f"rep {rep} {arm:14s} {v:>10,} rows: {result['samples_per_s']:>9,.0f} samples/s  "
                       f"peak {result['peak_rss_mb']:,.0f} MB  load {load:.1f}", file=sys.stderr)
                 if args.out:
-                    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(result) + "\n")
+                    append_line(args.out, result)
     print(table(results))
 
 
